@@ -1,0 +1,79 @@
+"""The fixed frame schemas that cross stages, and their validators.
+
+prices   one row per (ticker, bar): ``ticker`` str, ``timestamp`` = the bar's session open as a UTC tz-aware
+         Timestamp, ``open high low close volume`` floats. Sorted by (ticker, timestamp), no duplicates.
+news     one row per item: ``timestamp`` = publication instant, UTC tz-aware; ``ticker`` str ("" for
+         market-wide news that concerns every instrument); ``text`` str; ``source`` str.
+signals  indexed by (``ticker``, ``session``) where ``session`` is the UTC open of the session the values are
+         first usable for (everything in the row was known before that open); named float columns.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from engine.errors import DataError
+
+PRICE_COLUMNS = ["ticker", "timestamp", "open", "high", "low", "close", "volume"]
+NEWS_COLUMNS = ["timestamp", "ticker", "text", "source"]
+SIGNAL_INDEX = ["ticker", "session"]
+
+
+def _require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{what}: missing column(s) {', '.join(missing)}")
+
+
+def _require_utc(series: pd.Series, what: str) -> None:
+    tz = getattr(series.dtype, "tz", None)
+    if tz is None or str(tz) != "UTC":
+        raise DataError(f"{what}: column 'timestamp' must be UTC tz-aware, got dtype {series.dtype}")
+
+
+def validate_prices(prices: pd.DataFrame, what: str = "prices") -> pd.DataFrame:
+    """Check a prices frame against the schema; return it with canonical dtypes and order.
+
+    >>> validate_prices(frame)  # raises DataError naming the first bad row
+    """
+    _require_columns(prices, PRICE_COLUMNS, what)
+    prices = prices[PRICE_COLUMNS].copy()
+    _require_utc(prices["timestamp"], what)
+    prices["ticker"] = prices["ticker"].astype(str)
+    for column in ["open", "high", "low", "close", "volume"]:
+        prices[column] = pd.to_numeric(prices[column], errors="coerce").astype("float64")
+    bad = prices[["open", "high", "low", "close"]].isna().any(axis=1) | (prices[["open", "high", "low", "close"]] <= 0).any(axis=1)
+    if bad.any():
+        row = prices[bad].iloc[0]
+        raise DataError(f"{what}: NaN or non-positive price for {row['ticker']} at {row['timestamp']}")
+    if (prices["volume"] < 0).any():
+        row = prices[prices["volume"] < 0].iloc[0]
+        raise DataError(f"{what}: negative volume for {row['ticker']} at {row['timestamp']}")
+    duplicated = prices.duplicated(["ticker", "timestamp"])
+    if duplicated.any():
+        row = prices[duplicated].iloc[0]
+        raise DataError(f"{what}: duplicate bar for {row['ticker']} at {row['timestamp']}")
+    return prices.sort_values(["ticker", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def validate_news(news: pd.DataFrame, what: str = "news") -> pd.DataFrame:
+    """Check a news frame against the schema; return it sorted by (timestamp, ticker) with a clean index.
+
+    >>> validate_news(frame)
+    """
+    _require_columns(news, NEWS_COLUMNS, what)
+    news = news[NEWS_COLUMNS].copy()
+    _require_utc(news["timestamp"], what)
+    if news["timestamp"].isna().any():
+        raise DataError(f"{what}: missing timestamp in row {int(news['timestamp'].isna().to_numpy().argmax())}")
+    news["ticker"] = news["ticker"].fillna("").astype(str)
+    news["text"] = news["text"].fillna("").astype(str)
+    news["source"] = news["source"].fillna("").astype(str)
+    return news.sort_values(["timestamp", "ticker"], kind="stable").reset_index(drop=True)
+
+
+def empty_signals(columns: list[str]) -> pd.DataFrame:
+    """An empty signals frame with the canonical (ticker, session) index and the given float columns."""
+    index = pd.MultiIndex.from_arrays(
+        [pd.Index([], dtype="object"), pd.DatetimeIndex([], tz="UTC")], names=SIGNAL_INDEX
+    )
+    return pd.DataFrame({c: pd.Series([], dtype="float64") for c in columns}, index=index)
