@@ -77,3 +77,13 @@ def empty_signals(columns: list[str]) -> pd.DataFrame:
         [pd.Index([], dtype="object"), pd.DatetimeIndex([], tz="UTC")], names=SIGNAL_INDEX
     )
     return pd.DataFrame({c: pd.Series([], dtype="float64") for c in columns}, index=index)
+
+
+def canonical_signals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Return ``frame`` with its (ticker, session) index in canonical dtypes (str, datetime64[ns, UTC]), so
+    frames from different stages (or a Parquet round trip) join exactly."""
+    tickers = frame.index.get_level_values("ticker").astype(str)
+    sessions = pd.DatetimeIndex(frame.index.get_level_values("session")).tz_convert("UTC").as_unit("ns")
+    out = frame.copy()
+    out.index = pd.MultiIndex.from_arrays([tickers, sessions], names=SIGNAL_INDEX)
+    return out

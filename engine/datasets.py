@@ -1,0 +1,558 @@
+"""The dataset catalog and loaders: turn a ``data`` config into the prices and news frames of ``engine.schema``.
+
+Named datasets (``djia``, ``stocknet``) are found under the data roots and checked against the SHA-256 in
+``data/catalog.yaml``; the ``csv`` type reads the user's own files and rejects bad rows with their line number.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import pandas as pd
+import yaml
+
+from engine.calendar import end_of_day, session_instants
+from engine.errors import ConfigError, DataError
+from engine.schema import NEWS_COLUMNS, validate_news, validate_prices
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CATALOG_PATH = PROJECT_ROOT / "data" / "catalog.yaml"
+# News published this many calendar days before the first session are kept, so that they can count for it.
+NEWS_LOOKBACK_DAYS = 10
+TWITTER_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
+_OHLC = ["open", "high", "low", "close"]
+
+
+@dataclass
+class Dataset:
+    """Prices and news of one dataset, in the ``engine.schema`` frames, with what was done to load them.
+
+    >>> data = load_dataset(cfg.data, roots); data.prices, data.news, data.meta["files"]
+    """
+
+    name: str
+    prices: pd.DataFrame
+    news: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_catalog(path: Path = CATALOG_PATH) -> dict[str, dict[str, Any]]:
+    """The ``datasets`` mapping of the catalog: name -> folder, files (path, bytes, sha256), licence, origin, obtain.
+
+    >>> load_catalog()["djia"]["licence"]
+    """
+    return _read_catalog(str(path))
+
+
+@lru_cache(maxsize=4)
+def _read_catalog(path: str) -> dict[str, dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle)["datasets"]
+
+
+def resolve_file(relative: str, roots: Sequence[str | Path], sha256: str | None = None) -> Path:
+    """The first ``root / relative`` that exists, checked against ``sha256`` when given; DataError if absent or altered.
+
+    >>> resolve_file("djia-reddit-news/DJIA_table.csv", ["data/raw", "../shared/data"])
+    """
+    found = _find(relative, roots)
+    if found is None:
+        raise DataError(f"missing data file {relative}; searched roots: {_roots_text(roots)}")
+    if sha256 is not None:
+        _verify(found, relative, sha256)
+    return found
+
+
+def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
+    """Load the dataset ``data_cfg`` describes (type djia, stocknet or csv), cut to its start/end sessions.
+
+    >>> data = load_dataset(cfg.data, cfg.paths.roots)
+    """
+    cfg = _plain(data_cfg)
+    kind = cfg.get("type") or cfg.get("name")
+    if kind not in _LOADERS:
+        raise ConfigError(f"data.type: unknown dataset type {kind!r}; known: {', '.join(sorted(_LOADERS))}")
+    start, end = _date_key(cfg, "start"), _date_key(cfg, "end")
+    if start is not None and end is not None and start > end:
+        raise ConfigError(f"data.start: {start.date()} is after data.end {end.date()}")
+    timezone = _required(cfg, "exchange_timezone")
+    session_open = _required(cfg, "session_open")
+    prices, news, meta = _LOADERS[kind](cfg, [Path(r) for r in roots])
+    meta = {"dataset": cfg.get("name") or kind, "type": kind, **meta}
+
+    # prices carry the exchange-local session date in ``timestamp`` (naive) until here
+    dates = prices["timestamp"]
+    keep = pd.Series(True, index=prices.index)
+    if start is not None:
+        keep &= dates >= start
+    if end is not None:
+        keep &= dates <= end
+    if not keep.any():
+        span = f"{dates.min().date()} .. {dates.max().date()}" if len(dates) else "no bars"
+        raise ConfigError(f"data.start/data.end: no price bars between {_day(start)} and {_day(end)} (data has {span})")
+    prices = prices[keep].copy()
+    prices["timestamp"] = session_instants(prices["timestamp"], timezone, session_open).as_unit("us")
+
+    news = news.copy()
+    news["timestamp"] = news["timestamp"].dt.as_unit("us")
+    window = pd.Series(True, index=news.index)
+    news_from = news_to = None
+    if start is not None:
+        news_from = session_instants(pd.DatetimeIndex([start - pd.Timedelta(days=NEWS_LOOKBACK_DAYS)]), timezone, "00:00")[0]
+        window &= news["timestamp"] >= news_from
+    if end is not None:
+        news_to = end_of_day(pd.DatetimeIndex([end]), timezone)[0]
+        window &= news["timestamp"] <= news_to
+    news = news[window]
+
+    what = f"dataset {meta['dataset']}"
+    prices = validate_prices(prices, f"{what} prices")
+    news = validate_news(news, f"{what} news")
+    meta.update(
+        start=_day(start), end=_day(end),
+        news_from=None if news_from is None else news_from.isoformat(),
+        news_to=None if news_to is None else news_to.isoformat(),
+        price_rows=len(prices), news_rows=len(news), news_outside_window_dropped=int((~window).sum()),
+        first_session=prices["timestamp"].iloc[0].isoformat(), last_session=prices["timestamp"].iloc[-1].isoformat(),
+    )
+    return Dataset(name=meta["dataset"], prices=prices, news=news, meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config helpers
+
+def _plain(data_cfg: Mapping) -> dict[str, Any]:
+    """A plain dict of the config (an OmegaConf node keeps "???" as a string instead of raising on access)."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        DictConfig = ()
+    if isinstance(data_cfg, DictConfig):
+        return OmegaConf.to_container(data_cfg, resolve=True, throw_on_missing=False)
+    return dict(data_cfg)
+
+
+def _required(cfg: Mapping, key: str, prefix: str = "data") -> Any:
+    value = cfg.get(key)
+    if value is None or value == "???":
+        raise ConfigError(f"{prefix}.{key}: required")
+    return value
+
+
+def _date_key(cfg: Mapping, key: str) -> pd.Timestamp | None:
+    value = cfg.get(key)
+    if value is None:
+        return None
+    try:
+        day = pd.Timestamp(str(value))
+    except ValueError:
+        raise ConfigError(f"data.{key}: expected an ISO date like 2014-01-02, got {value!r}") from None
+    if day.tz is not None or day != day.normalize():
+        raise ConfigError(f"data.{key}: expected a date without time or zone, got {value!r}")
+    return day
+
+
+def _day(day: pd.Timestamp | None) -> str | None:
+    return None if day is None else str(day.date())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# catalog files
+
+def _find(relative: str, roots: Sequence[str | Path]) -> Path | None:
+    for root in roots:
+        candidate = _root_path(root) / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _root_path(root: str | Path) -> Path:
+    """Relative roots are relative to the project root (conf/config.yaml ``paths.roots``)."""
+    root = Path(root).expanduser()
+    return root if root.is_absolute() else PROJECT_ROOT / root
+
+
+def _roots_text(roots: Sequence[str | Path]) -> str:
+    return ", ".join(str(_root_path(r)) for r in roots) or "(none)"
+
+
+def _sha256(path: Path) -> str:
+    # hashing every load is ~25 ms for djia and ~35 ms for stocknet: cheaper than keeping a cache honest
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _verify(path: Path, relative: str, expected: str) -> None:
+    actual = _sha256(path)
+    if actual != expected:
+        raise DataError(
+            f"{relative} ({path}): SHA-256 mismatch, expected {expected[:12]}…, got {actual[:12]}… "
+            f"({path.stat().st_size:,} bytes); the file differs from the catalogued version (data/catalog.yaml)"
+        )
+
+
+def _catalog_files(name: str, relatives: list[str], roots: Sequence[Path]) -> tuple[list[Path], dict[str, Any]]:
+    """Resolve and verify ``relatives`` of catalog dataset ``name``: one DataError listing every missing file."""
+    entry = load_catalog()[name]
+    hashes = {f["path"]: f["sha256"] for f in entry["files"]}
+    found = {relative: _find(relative, roots) for relative in relatives}
+    missing = [relative for relative, path in found.items() if path is None]
+    if missing:
+        raise DataError(
+            f"dataset {name}: missing {len(missing)} file(s): {', '.join(missing)}; searched roots: "
+            f"{_roots_text(roots)}; to obtain: {' '.join(entry['obtain'].split())}"
+        )
+    for relative, path in found.items():
+        _verify(path, relative, hashes[relative])
+    meta = {
+        "files": [str(found[r]) for r in relatives],
+        "licence": entry["licence"],
+        "origin": " ".join(entry["origin"].split()),
+    }
+    return [found[r] for r in relatives], meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# djia: r/worldnews headlines and the DJIA table
+
+_ESCAPE = re.compile(r"\\([\\'\"nrt])")
+_ESCAPED_CHAR = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _clean_headlines(raw: pd.Series) -> tuple[list[str], dict[str, int]]:
+    """Undo the Python bytes reprs of 2008-2010 headlines (b'..' / b".." with \\' \\n escapes), squeeze whitespace.
+
+    Stray \\r\\n, tab runs and double spaces inside headlines carry no meaning: words end up one space apart.
+    """
+    cleaned, wrapped, escaped = [], 0, 0
+    unescape = lambda match: _ESCAPED_CHAR[match.group(1)]  # noqa: E731
+    for headline in raw.tolist():
+        headline = headline.strip()
+        if len(headline) >= 3 and headline[0] == "b" and headline[1] in "'\"" and headline[-1] == headline[1]:
+            wrapped += 1
+            headline = headline[2:-1]
+            if "\\" in headline:
+                escaped += 1
+                headline = _ESCAPE.sub(unescape, headline)
+        cleaned.append(" ".join(headline.split()))
+    return cleaned, {"byte_prefixes_stripped": wrapped, "escaped_headlines_unescaped": escaped}
+
+
+def _load_djia(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """RedditNews headlines (every calendar day, stamped at the end of their UTC day) and DJIA daily bars.
+
+    Prices use Close (Adj Close == Close for the index; checked and reported as ``adj_close_equals_close``).
+    """
+    (news_path, prices_path), meta = _catalog_files(
+        "djia", ["djia-reddit-news/RedditNews.csv", "djia-reddit-news/DJIA_table.csv"], roots
+    )
+    raw = pd.read_csv(news_path, dtype=str, keep_default_na=False, encoding="utf-8")
+    text, counts = _clean_headlines(raw["News"])
+    empty = pd.Series(text) == ""
+    days = pd.to_datetime(raw["Date"], format="%Y-%m-%d")
+    news = pd.DataFrame({
+        "timestamp": end_of_day(days, _required(cfg, "news_timezone")),
+        "ticker": "",
+        "text": text,
+        "source": "reddit/worldnews",
+    })[~empty.to_numpy()]
+
+    table = pd.read_csv(prices_path, encoding="utf-8")
+    table = table.sort_values("Date", kind="stable")  # the file is newest-first
+    prices = pd.DataFrame({
+        "ticker": "DJIA",
+        "timestamp": pd.to_datetime(table["Date"], format="%Y-%m-%d"),
+        "open": table["Open"], "high": table["High"], "low": table["Low"], "close": table["Close"],
+        "volume": table["Volume"].astype("float64"),
+    }).reset_index(drop=True)
+    meta.update(
+        news_raw_rows=len(raw), empty_news_dropped=int(empty.sum()), **counts,
+        adj_close_equals_close=bool((table["Adj Close"] == table["Close"]).all()),
+        price_adjustment="none: Close is the index level (Adj Close == Close)",
+    )
+    return prices, news, meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# stocknet: cashtag tweets and raw daily prices
+
+def _stocknet_prices(path: Path, ticker: str) -> tuple[pd.DataFrame, int]:
+    """Bars of one ``price_raw`` file with OHLC scaled by Adj Close / Close; and the number of all-null rows dropped."""
+    table = pd.read_csv(path, na_values=["null"], encoding="utf-8")
+    values = ["Open", "High", "Low", "Close", "Adj Close", "Volume"]
+    null_rows = table[values].isna().all(axis=1)
+    table = table[~null_rows].sort_values("Date", kind="stable")
+    factor = table["Adj Close"] / table["Close"]
+    prices = pd.DataFrame({
+        "ticker": ticker,
+        "timestamp": pd.to_datetime(table["Date"], format="%Y-%m-%d"),
+        "open": table["Open"] * factor, "high": table["High"] * factor, "low": table["Low"] * factor,
+        "close": table["Adj Close"], "volume": table["Volume"].astype("float64"),
+    }).reset_index(drop=True)
+    return prices, int(null_rows.sum())
+
+
+def _load_stocknet(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Tweets of the chosen tickers (deduplicated on id, optionally without retweets / other languages) and bars.
+
+    Prices are total-return adjusted: open/high/low are multiplied by Adj Close / Close and close is Adj Close,
+    so bar-to-bar returns include dividends (Yahoo's Close is split-adjusted only); volume is left as is.
+    """
+    known = load_catalog()["stocknet"]["tickers"]
+    tickers = list(cfg.get("tickers") or known)
+    for ticker in tickers:
+        if ticker not in known:
+            raise ConfigError(f"data.tickers: unknown stocknet ticker {ticker!r}; known: {', '.join(known)}")
+    tickers = list(dict.fromkeys(tickers))
+    tweet_files = [f"stocknet-tweets-prices/tweets/{t}_tweets.csv" for t in tickers]
+    price_files = [f"stocknet-tweets-prices/price_raw/{t}.csv" for t in tickers]
+    paths, meta = _catalog_files("stocknet", tweet_files + price_files, roots)
+
+    frames = []
+    for ticker, path in zip(tickers, paths[: len(tickers)]):
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8",
+                            usecols=["created_at", "id_str", "lang", "is_retweet", "text"])
+        frame.insert(0, "ticker", ticker)
+        frames.append(frame)
+    tweets = pd.concat(frames, ignore_index=True)
+    raw_rows = len(tweets)
+    duplicated = tweets.duplicated(["ticker", "id_str"])
+    duplicates_by_ticker = {t: int(n) for t, n in duplicated.groupby(tweets["ticker"]).sum().items()}
+    tweets = tweets[~duplicated]
+    retweets = tweets["is_retweet"] == "1"
+    if cfg.get("drop_retweets"):
+        tweets = tweets[~retweets]
+    retweets_dropped = int(retweets.sum()) if cfg.get("drop_retweets") else 0
+    languages = cfg.get("languages")
+    other_language = ~tweets["lang"].isin(list(languages)) if languages else pd.Series(False, index=tweets.index)
+    tweets = tweets[~other_language]
+    news = pd.DataFrame({
+        "timestamp": pd.to_datetime(tweets["created_at"], format=TWITTER_TIME_FORMAT, utc=True),
+        "ticker": tweets["ticker"], "text": tweets["text"], "source": "twitter",
+    })
+
+    bars, null_rows = [], {}
+    for ticker, path in zip(tickers, paths[len(tickers):]):
+        frame, null_rows[ticker] = _stocknet_prices(path, ticker)
+        bars.append(frame)
+    meta.update(
+        tickers=tickers, news_raw_rows=raw_rows,
+        duplicates_dropped=int(duplicated.sum()), duplicates_dropped_by_ticker=duplicates_by_ticker,
+        retweets_dropped=retweets_dropped, other_language_dropped=int(other_language.sum()),
+        null_price_rows_dropped=sum(null_rows.values()),
+        price_adjustment="total return: open/high/low x Adj Close / Close, close = Adj Close",
+    )
+    return pd.concat(bars, ignore_index=True), news, meta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# csv: the user's own files, strictly checked
+
+def _user_path(value: Any, key: str) -> Path:
+    """Relative paths are relative to the current working directory."""
+    if value is None or value == "???":
+        raise ConfigError(f"{key}: required (path of your CSV file)")
+    path = Path(str(value)).expanduser()
+    path = path if path.is_absolute() else Path.cwd() / path
+    if not path.is_file():
+        raise DataError(f"{path}: file not found ({key} = {value!r}, relative to {Path.cwd()})")
+    return path
+
+
+def _read_text_csv(path: Path, encoding: str, key: str) -> tuple[pd.DataFrame, str]:
+    """The file as a frame of strings (one row per record) and its decoded text (for line numbers)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise DataError(
+            f"{path}: line {line}: cannot decode byte 0x{data[error.start]:02x} at byte offset {error.start} "
+            f"with encoding {encoding!r} ({key}); re-save the file as {encoding} or set {key}"
+        ) from None
+    except LookupError:
+        raise ConfigError(f"{key}: unknown encoding {encoding!r}") from None
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise DataError(f"{path}: empty file")
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path}: malformed CSV ({error})") from None
+    if frame.empty:
+        raise DataError(f"{path}: no data rows (only the header line)")
+    return frame, text
+
+
+def _line_of(text: str, record: int) -> int:
+    """1-based line of data record ``record`` (0-based, as pandas numbers rows; the header is line 1)."""
+    reader = csv.reader(io.StringIO(text))
+    previous, index = 0, -1  # the first non-blank record is the header
+    for row in reader:
+        first_line, previous = previous + 1, reader.line_num
+        if not row:
+            continue  # pandas skips blank lines
+        if index == record:
+            return first_line
+        index += 1
+    return record + 2
+
+
+def _column(frame: pd.DataFrame, columns: Mapping, name: str, path: Path, key: str) -> str:
+    header = columns.get(name)
+    if header is None:
+        raise ConfigError(f"{key}.{name}: required (the header of your {name} column)")
+    if header not in frame.columns:
+        raise DataError(
+            f"{path}: missing column {header!r} ({key}.{name}); columns found: {', '.join(map(str, frame.columns))}"
+        )
+    return header
+
+
+def _first_bad(mask: pd.Series) -> int | None:
+    positions = mask.to_numpy().nonzero()[0]
+    return int(positions[0]) if len(positions) else None
+
+
+def _parse_dates(values: pd.Series) -> pd.Series:
+    with warnings.catch_warnings():  # "could not infer format" falls back to dateutil; unparsable -> NaT below
+        warnings.simplefilter("ignore", UserWarning)
+        return pd.to_datetime(values.str.strip(), errors="coerce")
+
+
+def _load_csv_prices(cfg: Mapping, timezone: str) -> tuple[pd.DataFrame, Path]:
+    spec = cfg.get("prices") or {}
+    key = "data.prices"
+    path = _user_path(spec.get("path"), f"{key}.path")
+    frame, text = _read_text_csv(path, spec.get("encoding", "utf-8"), f"{key}.encoding")
+    columns = spec.get("columns") or {}
+    at = lambda record: f"{path}: line {_line_of(text, record)}"  # noqa: E731
+
+    date_column = _column(frame, columns, "date", path, f"{key}.columns")
+    dates = _parse_dates(frame[date_column])
+    bad = _first_bad(dates.isna())
+    if bad is not None:
+        raise DataError(f"{at(bad)}: cannot parse date {frame[date_column].iloc[bad]!r} in column {date_column!r}")
+    if getattr(dates.dtype, "tz", None) is not None:
+        dates = dates.dt.tz_convert(timezone).dt.tz_localize(None)
+    dates = dates.dt.normalize()
+
+    if spec.get("ticker") is not None:
+        tickers = pd.Series(str(spec["ticker"]), index=frame.index)
+    else:
+        ticker_column = _column(frame, columns, "ticker", path, f"{key}.columns")
+        tickers = frame[ticker_column].str.strip()
+        bad = _first_bad(tickers == "")
+        if bad is not None:
+            raise DataError(f"{at(bad)}: empty ticker in column {ticker_column!r}")
+
+    prices = pd.DataFrame({"ticker": tickers, "timestamp": dates})
+    volume_header = columns.get("volume")
+    for name in _OHLC + (["volume"] if volume_header is not None else []):
+        header = _column(frame, columns, name, path, f"{key}.columns")
+        numbers = pd.to_numeric(frame[header].str.strip(), errors="coerce")
+        for mask, problem in [(numbers.isna(), "is not a number"),
+                              (numbers < 0 if name == "volume" else numbers <= 0,
+                               "is negative" if name == "volume" else "is not a positive price")]:
+            bad = _first_bad(mask)
+            if bad is not None:
+                raise DataError(f"{at(bad)}: {name} {frame[header].iloc[bad]!r} in column {header!r} {problem}")
+        prices[name] = numbers.astype("float64")
+    if volume_header is None:
+        prices["volume"] = 0.0
+
+    duplicated = prices.duplicated(["ticker", "timestamp"])
+    bad = _first_bad(duplicated)
+    if bad is not None:
+        row = prices.iloc[bad]
+        same = (prices["ticker"] == row["ticker"]) & (prices["timestamp"] == row["timestamp"])
+        first = _first_bad(same)
+        raise DataError(
+            f"{at(bad)}: duplicate date {row['timestamp'].date()} for ticker {row['ticker']!r} "
+            f"(first at line {_line_of(text, first)})"
+        )
+    previous = prices.groupby("ticker", sort=False)["timestamp"].shift()
+    bad = _first_bad(prices["timestamp"] < previous)
+    if bad is not None:
+        row = prices.iloc[bad]
+        raise DataError(
+            f"{at(bad)}: dates not in ascending order for ticker {row['ticker']!r} "
+            f"({row['timestamp'].date()} after {previous.iloc[bad].date()}); sort the file by date"
+        )
+    return prices, path
+
+
+_HAS_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})(?:\s|$)"
+
+
+def _load_csv_news(cfg: Mapping) -> tuple[pd.DataFrame, Path | None, int]:
+    spec = cfg.get("news") or {}
+    key = "data.news"
+    if spec.get("path") is None:
+        return pd.DataFrame({c: pd.Series([], dtype="object") for c in NEWS_COLUMNS}).assign(
+            timestamp=pd.DatetimeIndex([], tz="UTC")), None, 0
+    path = _user_path(spec["path"], f"{key}.path")
+    timezone = _required(spec, "timezone", key)
+    frame, text = _read_text_csv(path, _required(spec, "encoding", key), f"{key}.encoding")
+    columns = spec.get("columns") or {}
+    at = lambda record: f"{path}: line {_line_of(text, record)}"  # noqa: E731
+
+    stamp_column = _column(frame, columns, "timestamp", path, f"{key}.columns")
+    text_column = _column(frame, columns, "text", path, f"{key}.columns")
+    raw = frame[stamp_column].str.strip()
+    timestamps = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+    has_time = raw.str.contains(":", regex=False)
+    aware = has_time & raw.str.contains(_HAS_OFFSET, regex=True)
+    naive = has_time & ~aware
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if aware.any():
+            timestamps[aware] = pd.to_datetime(raw[aware], errors="coerce", utc=True).dt.as_unit("us")
+        if naive.any():
+            local = pd.to_datetime(raw[naive], errors="coerce")
+            timestamps[naive] = local.dt.tz_localize(timezone, ambiguous=False, nonexistent="shift_forward") \
+                .dt.tz_convert("UTC").dt.as_unit("us")
+        if (~has_time).any():
+            days = pd.to_datetime(raw[~has_time], errors="coerce")
+            stamped = pd.Series(pd.NaT, index=days.index, dtype="datetime64[us, UTC]")
+            stamped[days.notna()] = end_of_day(days[days.notna()], timezone).as_unit("us")
+            timestamps[~has_time] = stamped
+    bad = _first_bad(timestamps.isna())
+    if bad is not None:
+        raise DataError(f"{at(bad)}: cannot parse timestamp {frame[stamp_column].iloc[bad]!r} in column {stamp_column!r}")
+
+    ticker_header = columns.get("ticker")
+    tickers = frame[ticker_header].str.strip() if ticker_header in frame.columns else ""
+    texts = frame[text_column].str.strip()
+    empty = texts == ""
+    news = pd.DataFrame({"timestamp": timestamps, "ticker": tickers, "text": texts, "source": path.name})
+    return news[~empty], path, int(empty.sum())
+
+
+def _load_csv(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The user's prices (strict: every bad row is an error naming its line) and optional news."""
+    prices, prices_path = _load_csv_prices(cfg, _required(cfg, "exchange_timezone"))
+    news, news_path, empty = _load_csv_news(cfg)
+    meta = {
+        "files": [str(p) for p in (prices_path, news_path) if p is not None],
+        "licence": "user data",
+        "origin": "user files",
+        "news_raw_rows": len(news) + empty,
+        "empty_news_dropped": empty,
+    }
+    return prices, news, meta
+
+
+_LOADERS: dict[str, Callable[[Mapping, Sequence[Path]], tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]]] = {
+    "djia": _load_djia,
+    "stocknet": _load_stocknet,
+    "csv": _load_csv,
+}

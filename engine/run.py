@@ -1,0 +1,197 @@
+"""``python -m engine.run``: the one place that wires data, signals, a rule, the backtest and the report.
+
+A Hydra app; every config key is a ``key=value`` override (see conf/). Each run writes its own folder with
+report.html, metrics.json, trades.csv, fills.csv, equity.csv, signals.parquet and the resolved config.yaml.
+A user's mistake prints one line ``newsbt: error: ...`` and exits with status 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from engine.align import align_news
+from engine.backtest import run_backtest
+from engine.cache import CACHE_STATS, SignalCache
+from engine.datasets import load_dataset
+from engine.errors import ConfigError, NewsbtError
+from engine.features import assemble_features, provider_signals
+from engine.signal import SignalProvider
+from engine.strategy import Rule, to_weights
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("newsbt")
+
+
+def project_path(path: str | Path) -> Path:
+    """``path`` as given when absolute, else relative to the project root."""
+    path = Path(path)
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
+def find_folder(relative: str, roots: list[Path], key: str) -> Path:
+    """The first ``root/relative`` folder that exists, or a ConfigError naming ``key`` and the roots tried."""
+    for root in roots:
+        if (root / relative).is_dir():
+            return root / relative
+    raise ConfigError(f"{key}: folder {relative!r} not found under any data root ({', '.join(map(str, roots))})")
+
+
+def make_sentiment_provider(cfg: DictConfig, roots: list[Path]) -> SignalProvider:
+    """The sentiment provider chosen by ``signals.sentiment`` (trains the transformer model on first use)."""
+    kind = cfg.signals.sentiment
+    if kind == "lexicon":
+        from signals.lexicon import LexiconSentiment
+
+        return LexiconSentiment(find_folder(cfg.signals.lexicon.wordlists, roots, "signals.lexicon.wordlists"))
+    if kind == "transformer":
+        from signals.finetune import ensure_model
+        from signals.transformer import TransformerSentiment
+
+        settings = cfg.signals.transformer
+        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, roots=roots)
+        return TransformerSentiment(
+            model_dir=model_dir,
+            cache_root=project_path(cfg.paths.cache),
+            batch_size=settings.batch_size,
+            max_length=settings.max_length,
+            precision=settings.precision,
+            threads=settings.threads,
+            device=settings.device,
+        )
+    raise ConfigError(f"signals.sentiment: unknown provider {kind!r} (known: transformer, lexicon)")
+
+
+def make_rule(strategy_cfg: DictConfig) -> Rule:
+    """Instantiate the rule named by ``strategy._target_`` with the other strategy keys as parameters."""
+    params = OmegaConf.to_container(strategy_cfg, resolve=True)
+    params.pop("name", None)
+    target = params.pop("_target_", None)
+    if not target:
+        raise ConfigError("strategy._target_: missing (which rule class to use)")
+    try:
+        return hydra.utils.get_class(target)(**params)
+    except TypeError as error:
+        raise ConfigError(f"strategy: {error}") from None
+    except Exception as error:  # an import failure of a user's _target_
+        raise ConfigError(f"strategy._target_: cannot load {target!r} ({error})") from None
+
+
+def backtest_bars(prices: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
+    """Price bars indexed by (ticker, session) with the ``weight`` line."""
+    bars = prices.rename(columns={"timestamp": "session"}).set_index(["ticker", "session"])
+    bars.index = weights.index  # both are the sorted (ticker, session) grid
+    return bars.assign(weight=weights.to_numpy())
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics.
+
+    >>> metrics = run(cfg, Path("runs/example"))
+    """
+    from reports.metrics import performance_metrics
+
+    started = time.perf_counter()
+    roots = [project_path(root) for root in cfg.paths.roots]
+    cache = SignalCache(project_path(cfg.paths.cache))
+    dataset = load_dataset(cfg.data, roots)
+    aligned = align_news(dataset.news, dataset.prices, cfg.latency_minutes)
+    provider = make_sentiment_provider(cfg, roots)
+    sentiment = provider_signals(provider, aligned, cache)
+    features = assemble_features(dataset.prices, [sentiment])
+
+    rule = make_rule(cfg.strategy)
+    exposure = rule.target(features)
+    weights = to_weights(exposure)
+    broker = OmegaConf.to_container(cfg.broker, resolve=True)
+    strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if getattr(rule, "rebalances", True) else math.inf)
+    result = run_backtest(backtest_bars(dataset.prices, weights), strategy_broker)
+    from strategies.buy_and_hold import BuyAndHold
+
+    benchmark = run_backtest(
+        backtest_bars(dataset.prices, to_weights(BuyAndHold().target(features))), dict(broker, rebalance_band=math.inf)
+    )
+
+    equity = pd.DataFrame({"date": result.book["date"], "value": result.book["value"]})
+    equity["returns"] = equity["value"].pct_change().fillna(equity["value"].iloc[0] / broker["cash"] - 1)
+    equity["benchmark_value"] = benchmark.book["value"].to_numpy()
+    equity["benchmark_returns"] = equity["benchmark_value"].pct_change().fillna(
+        equity["benchmark_value"].iloc[0] / broker["cash"] - 1)
+    returns = pd.Series(equity["returns"].to_numpy(), index=pd.DatetimeIndex(equity["date"]))
+    benchmark_returns = pd.Series(equity["benchmark_returns"].to_numpy(), index=returns.index)
+    metrics = performance_metrics(returns, benchmark=benchmark_returns, trades=len(result.trades))
+    metrics.update(
+        final_value=float(equity["value"].iloc[-1]),
+        sessions=int(len(equity)),
+        news_items=int(len(dataset.news)),
+        news_aligned=int(len(aligned)),
+        fills=int(len(result.fills)),
+    )
+    signals_out = features.assign(exposure=exposure.to_numpy(), target=weights.to_numpy())
+
+    run_dir = Path(run_dir)
+    stage = run_dir / ".incomplete"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    try:
+        equity.to_csv(stage / "equity.csv", index=False)
+        result.trades.to_csv(stage / "trades.csv", index=False)
+        result.fills.to_csv(stage / "fills.csv", index=False)
+        signals_out.to_parquet(stage / "signals.parquet")
+        (stage / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        if cfg.report.enabled:
+            from reports.tearsheet import write_tearsheet
+
+            write_tearsheet(stage, title=f"newsbt: {cfg.strategy.name} on {cfg.data.name}")
+        for path in stage.iterdir():
+            path.replace(run_dir / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
+    metrics["run_dir"] = str(run_dir)
+    return metrics
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """The short printed summary of a run."""
+    def pct(key):
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    sharpe = metrics.get("sharpe")
+    return (
+        f"CAGR {pct('cagr')} | Sharpe {'n/a' if sharpe is None else f'{sharpe:.2f}'} | max drawdown "
+        f"{pct('max_drawdown')} | VaR 95% {pct('var_95')} | trades {metrics.get('trades')} | "
+        f"benchmark CAGR {pct('benchmark_cagr')} Sharpe "
+        f"{'n/a' if metrics.get('benchmark_sharpe') is None else format(metrics['benchmark_sharpe'], '.2f')}"
+    )
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run(cfg, run_dir)
+    except NewsbtError as error:
+        print(f"newsbt: error: {error}", file=sys.stderr)
+        if not (run_dir / "metrics.json").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a failed run leaves no folder behind
+        sys.exit(2)
+    print(summary_line(metrics))
+    print(f"report: {run_dir / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()

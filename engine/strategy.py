@@ -1,0 +1,48 @@
+"""The strategy base: a ``Rule`` turns session features into target exposures, learned only from the past.
+
+A rule follows scikit-learn's contract: the constructor stores parameters, ``fit(history)`` learns (state in
+attributes ending in ``_``) from sessions strictly before those it will decide, ``target(features)`` returns
+an exposure per (ticker, session) in [-1, 1] (NaN: keep the current position). ``to_weights`` splits capital
+equally among the instruments with a non-zero exposure; the backtrader side (``engine.backtest``) only reads
+the resulting weight line and trades it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+class Rule:
+    """Base class of trading rules. ``learned`` rules are walked forward by the engine.
+
+    >>> exposure = MyRule(threshold=0.1).fit(history).target(features)
+    """
+
+    name: str = "rule"
+    learned: bool = False
+
+    def fit(self, history: pd.DataFrame) -> "Rule":
+        """Learn from ``history`` (features and ``forward_return`` of sessions already closed); return self."""
+        return self
+
+    def target(self, features: pd.DataFrame) -> pd.Series:
+        """Exposure per (ticker, session) row of ``features``: -1 short, 0 flat, 1 long, NaN hold."""
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        """The rule's parameters (constructor arguments)."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+
+
+def to_weights(exposure: pd.Series) -> pd.Series:
+    """Portfolio weights from exposures: each session's capital is split equally among the instruments with a
+    non-zero exposure (a weight is exposure / number active); NaN exposures stay NaN (hold).
+
+    >>> to_weights(pd.Series([1, 1, 0], index=index))  # 0.5, 0.5, 0.0 on one session
+    """
+    sessions = exposure.index.get_level_values("session")
+    active = exposure.fillna(0).ne(0).groupby(sessions).transform("sum").to_numpy()
+    weights = exposure.to_numpy(dtype="float64") / np.where(active > 0, active, 1)
+    return pd.Series(weights, index=exposure.index, name="weight")

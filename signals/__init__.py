@@ -1,0 +1,1 @@
+"""Signal providers: plug-ins on ``engine.signal.SignalProvider`` that turn aligned news into session signals."""
