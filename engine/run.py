@@ -12,10 +12,12 @@ import math
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -27,7 +29,9 @@ from engine.datasets import load_dataset
 from engine.errors import ConfigError, NewsbtError
 from engine.features import assemble_features, provider_signals
 from engine.signal import SignalProvider
+from engine.risk import apply_risk, check_risk
 from engine.strategy import Rule, to_weights
+from engine.walkforward import make_windows, walk_forward, windowed_provider
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("newsbt")
@@ -94,6 +98,54 @@ def backtest_bars(prices: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
     return bars.assign(weight=weights.to_numpy())
 
 
+@dataclass
+class Decisions:
+    """What the rule decided: exposures, the risk-adjusted weights and the learned parts' diagnostics."""
+
+    exposure: pd.Series
+    weights: pd.Series
+    first_session: pd.Timestamp | None = None  # first session decided out of sample (learned rules)
+    out_of_sample: pd.DataFrame | None = None
+    learned: pd.DataFrame | None = None
+    topic_words: pd.DataFrame | None = None
+    in_sample_sharpe: float | None = None
+
+
+def decide(cfg: DictConfig, features: pd.DataFrame, aligned: pd.DataFrame, cache: SignalCache) -> Decisions:
+    """Run the configured rule over ``features``: directly, or walked forward with topics and regimes.
+
+    >>> decisions = decide(cfg, features, aligned, cache)
+    """
+    rule = make_rule(cfg.strategy)
+    risk = check_risk(OmegaConf.to_container(cfg.risk, resolve=True))
+    if not rule.learned:
+        exposure = rule.target(features)
+        return Decisions(exposure, apply_risk(to_weights(exposure), features, risk))
+    walk = cfg.walk_forward
+    windows = make_windows(features.index.get_level_values("session"), walk.train_sessions, walk.step_sessions, walk.mode)
+    provider_frames, topic_words = None, None
+    if cfg.signals.topics.enabled:
+        from signals.topics import TopicModel
+
+        topic_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.topics, resolve=True).items() if k != "enabled"}
+        fitted = windowed_provider(lambda: TopicModel(**topic_params), aligned, windows, cache)
+        provider_frames = {index: frame for index, (frame, _) in fitted.items()}
+        topic_words = pd.DataFrame(
+            [{"window_start": window.test_start.date().isoformat(), "topic": int(topic), "words": words}
+             for window in windows for topic, words in fitted[window.index][1].get("top_words", {}).items()]
+        )
+    regime_factory = None
+    if cfg.signals.regimes.enabled:
+        from signals.regimes import RegimeModel
+
+        regime_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.regimes, resolve=True).items() if k != "enabled"}
+        regime_factory = lambda: RegimeModel(**regime_params)  # noqa: E731
+    result = walk_forward(features, windows, lambda: make_rule(cfg.strategy), provider_frames, regime_factory)
+    weights = apply_risk(to_weights(result.exposure), features, risk)
+    return Decisions(result.exposure, weights, windows[0].test_start, result.out_of_sample, result.learned,
+                     topic_words, result.in_sample_sharpe)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics.
 
@@ -109,18 +161,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     provider = make_sentiment_provider(cfg, roots)
     sentiment = provider_signals(provider, aligned, cache)
     features = assemble_features(dataset.prices, [sentiment])
+    decisions = decide(cfg, features, aligned, cache)
 
-    rule = make_rule(cfg.strategy)
-    exposure = rule.target(features)
-    weights = to_weights(exposure)
+    # Learned rules trade from their first out-of-sample session; the session before it primes the feeds
+    # (backtrader never trades a feed's first bar). The benchmark covers the same sessions.
+    sessions = features.index.get_level_values("session")
+    keep = np.ones(len(features), dtype=bool)
+    if decisions.first_session is not None:
+        unique = sessions.unique().sort_values()
+        prime = unique[max(unique.get_loc(decisions.first_session) - 1, 0)]
+        keep = np.asarray(sessions >= prime)
+    prices = dataset.prices[keep]
+    weights = decisions.weights[keep]
     broker = OmegaConf.to_container(cfg.broker, resolve=True)
-    strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if getattr(rule, "rebalances", True) else math.inf)
-    result = run_backtest(backtest_bars(dataset.prices, weights), strategy_broker)
+    risk = OmegaConf.to_container(cfg.risk, resolve=True)
+    rule_rebalances = getattr(hydra.utils.get_class(cfg.strategy._target_), "rebalances", True)
+    strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if rule_rebalances else math.inf)
+    result = run_backtest(backtest_bars(prices, weights), strategy_broker, risk)
     from strategies.buy_and_hold import BuyAndHold
 
-    benchmark = run_backtest(
-        backtest_bars(dataset.prices, to_weights(BuyAndHold().target(features))), dict(broker, rebalance_band=math.inf)
-    )
+    hold = to_weights(BuyAndHold().target(features[keep]))
+    benchmark = run_backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
 
     equity = pd.DataFrame({"date": result.book["date"], "value": result.book["value"]})
     equity["returns"] = equity["value"].pct_change().fillna(equity["value"].iloc[0] / broker["cash"] - 1)
@@ -136,8 +197,32 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         news_items=int(len(dataset.news)),
         news_aligned=int(len(aligned)),
         fills=int(len(result.fills)),
+        stop_fills=int((result.fills["kind"] == "stop").sum()),
+        sessions_var_limited=int(sum(scale < 1 for scale in result.var_scales)),
+        in_sample_sharpe=decisions.in_sample_sharpe,
     )
-    signals_out = features.assign(exposure=exposure.to_numpy(), target=weights.to_numpy())
+    metrics.update(getattr(provider, "stats_", {}) or {})
+    signals_out = features[keep].assign(exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
+    extra_files: dict[str, pd.DataFrame] = {}
+    if decisions.out_of_sample is not None and len(decisions.out_of_sample):
+        signals_out = signals_out.join(decisions.out_of_sample, how="left")
+        if "prediction" in decisions.out_of_sample:
+            from reports.metrics import forecast_metrics
+
+            predictions = signals_out[signals_out["prediction"].notna()]
+            predictions = pd.DataFrame({
+                "ticker": predictions.index.get_level_values("ticker"),
+                "session": predictions.index.get_level_values("session"),
+                "prediction": predictions["prediction"].to_numpy(),
+                "realized": predictions["forward_return"].to_numpy(),
+            })
+            extra_files["predictions.csv"] = predictions
+            metrics.update({f"oos_{k}": v for k, v in forecast_metrics(predictions).items()})
+    if decisions.learned is not None and len(decisions.learned):
+        name = "regime_map.csv" if "regime" in decisions.learned else "coefficients.csv"
+        extra_files[name] = decisions.learned
+    if decisions.topic_words is not None and len(decisions.topic_words):
+        extra_files["topics.csv"] = decisions.topic_words
 
     run_dir = Path(run_dir)
     stage = run_dir / ".incomplete"
@@ -147,6 +232,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         equity.to_csv(stage / "equity.csv", index=False)
         result.trades.to_csv(stage / "trades.csv", index=False)
         result.fills.to_csv(stage / "fills.csv", index=False)
+        for name, frame in extra_files.items():
+            frame.to_csv(stage / name, index=False)
         signals_out.to_parquet(stage / "signals.parquet")
         (stage / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

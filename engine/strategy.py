@@ -31,6 +31,14 @@ class Rule:
         """Exposure per (ticker, session) row of ``features``: -1 short, 0 flat, 1 long, NaN hold."""
         raise NotImplementedError
 
+    def prediction(self, features: pd.DataFrame) -> pd.Series | None:
+        """A forecast of ``forward_return`` per row, for rules that make one (reported out of sample)."""
+        return None
+
+    def learned_summary(self) -> pd.DataFrame | None:
+        """What the last ``fit`` learned, as a small frame saved with the run (e.g. the regime map)."""
+        return None
+
     def params(self) -> dict[str, Any]:
         """The rule's parameters (constructor arguments)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
@@ -46,3 +54,22 @@ def to_weights(exposure: pd.Series) -> pd.Series:
     active = exposure.fillna(0).ne(0).groupby(sessions).transform("sum").to_numpy()
     weights = exposure.to_numpy(dtype="float64") / np.where(active > 0, active, 1)
     return pd.Series(weights, index=exposure.index, name="weight")
+
+
+def resolve_columns(frame: pd.DataFrame, patterns: list[str], key: str) -> list[str]:
+    """Column names matching ``patterns``: exact names, or prefixes ending in ``*`` ("topic_*").
+
+    >>> resolve_columns(features, ["sentiment", "topic_*"], "strategy.features")
+    """
+    from engine.errors import ConfigError
+
+    columns: list[str] = []
+    for pattern in patterns:
+        if str(pattern).endswith("*"):
+            matched = [c for c in frame.columns if str(c).startswith(str(pattern)[:-1])]
+        else:
+            matched = [pattern] if pattern in frame.columns else []
+        if not matched:
+            raise ConfigError(f"{key}: no feature column matches {pattern!r} (available: {', '.join(map(str, frame.columns))})")
+        columns.extend(c for c in matched if c not in columns)
+    return columns

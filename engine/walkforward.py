@@ -1,0 +1,190 @@
+"""Walk-forward learning: one scheme of windows shared by every learned part (LDA, KMeans, the rules).
+
+For each window the learned parts are fitted on sessions strictly before ``test_start`` (labels masked unless
+the next open, which realises them, is also before ``test_start``), then decide the window's sessions.
+Fitted providers are cached per window, so a sweep over rule parameters never refits them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from engine.cache import SignalCache, fingerprint
+from engine.errors import ConfigError
+from engine.schema import canonical_signals
+from engine.signal import SignalProvider
+from engine.strategy import Rule
+
+
+@dataclass(frozen=True)
+class Window:
+    """Sessions [train_start, test_start) train the models that decide sessions [test_start, test_end]."""
+
+    index: int
+    train_start: pd.Timestamp
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+
+
+def make_windows(sessions: pd.DatetimeIndex, train_sessions: int, step_sessions: int, mode: str) -> list[Window]:
+    """Windows over the sorted unique ``sessions``: the first trains on ``train_sessions`` sessions, each
+    decides the next ``step_sessions``; ``mode`` "expanding" keeps all history, "rolling" the last
+    ``train_sessions``.
+
+    >>> make_windows(sessions, train_sessions=500, step_sessions=63, mode="expanding")
+    """
+    for key, value in (("walk_forward.train_sessions", train_sessions), ("walk_forward.step_sessions", step_sessions)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
+    if mode not in ("expanding", "rolling"):
+        raise ConfigError(f"walk_forward.mode: must be 'expanding' or 'rolling', got {mode!r}")
+    sessions = pd.DatetimeIndex(sessions).unique().sort_values()
+    if train_sessions >= len(sessions):
+        raise ConfigError(
+            f"walk_forward.train_sessions: {train_sessions} leaves nothing to test (the data has {len(sessions)} sessions)"
+        )
+    windows = []
+    for number, start in enumerate(range(train_sessions, len(sessions), step_sessions)):
+        first = 0 if mode == "expanding" else start - train_sessions
+        end = min(start + step_sessions, len(sessions)) - 1
+        windows.append(Window(number, sessions[first], sessions[start], sessions[end]))
+    return windows
+
+
+def sessions_of(frame: pd.DataFrame) -> pd.DatetimeIndex:
+    """The session level of a (ticker, session) indexed frame."""
+    return pd.DatetimeIndex(frame.index.get_level_values("session"))
+
+
+def training_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
+    """The rows a learner may see for ``window``: sessions in [train_start, test_start), with
+    ``forward_return`` masked where it is realised at or after ``test_start``'s open.
+
+    >>> history = training_rows(features, window)
+    """
+    sessions = sessions_of(features)
+    history = features[(sessions >= window.train_start) & (sessions < window.test_start)].copy()
+    if "forward_return" in history:
+        next_session = pd.Series(sessions_of(history), index=history.index).groupby(level="ticker").shift(-1)
+        realised = next_session.notna() & (next_session < window.test_start)
+        history.loc[~realised.to_numpy(), "forward_return"] = np.nan
+    return history
+
+
+def window_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
+    """Rows from ``train_start`` through ``test_end``: what a window's fitted models transform."""
+    sessions = sessions_of(features)
+    return features[(sessions >= window.train_start) & (sessions <= window.test_end)]
+
+
+def windowed_provider(
+    factory: Callable[[], SignalProvider], aligned: pd.DataFrame, windows: list[Window], cache: SignalCache,
+    progress: bool = True,
+) -> dict[int, tuple[pd.DataFrame, dict]]:
+    """For each window, fit a fresh provider on news aligned before ``test_start`` and transform the news of
+    [train_start, test_end]; returns {window index: (signals frame, provider.describe() or {})}, cached.
+
+    >>> topic_frames = windowed_provider(lambda: TopicModel(**cfg), aligned, windows, cache)
+    """
+    out = {}
+    sessions = pd.DatetimeIndex(aligned["session"])
+    for window in tqdm(windows, desc="walk-forward fits", disable=not progress, leave=False):
+        past = aligned[(sessions >= window.train_start) & (sessions < window.test_start)]
+        span = aligned[(sessions >= window.train_start) & (sessions <= window.test_end)]
+        provider = factory()
+        key = {
+            "provider": provider.name, "params": provider.params(),
+            "window": [str(window.train_start), str(window.test_start), str(window.test_end)],
+            "past": fingerprint(past[["ticker", "session", "text"]]),
+            "span": fingerprint(span[["ticker", "session", "text"]]),
+        }
+
+        def compute() -> pd.DataFrame:
+            fitted = provider.fit(past)
+            frame = fitted.transform(span)
+            # What the provider learned that reports show (e.g. top words) travels in the cached file.
+            frame.attrs = {"describe": fitted.describe() if hasattr(fitted, "describe") else {}}
+            return frame
+
+        frame = cache.get_or_compute(f"{provider.name}-window", key, compute)
+        out[window.index] = (frame, dict(frame.attrs.get("describe", {})))
+    return out
+
+
+@dataclass
+class WalkForwardResult:
+    """Out-of-sample exposures and what each window learned.
+
+    ``exposure``: per (ticker, session), NaN before the first test session; ``out_of_sample``: the features
+    each window's models produced for its own test sessions (topics, regime, prediction); ``learned``: one
+    frame per window from ``rule.learned_summary()`` (e.g. the regime map), with ``window_start``."""
+
+    exposure: pd.Series
+    out_of_sample: pd.DataFrame
+    learned: pd.DataFrame
+    windows: list[Window] = field(default_factory=list)
+    in_sample_sharpe: float | None = None  # mean over windows of the fitted rule's Sharpe on its own training rows
+
+
+def walk_forward(
+    features: pd.DataFrame,
+    windows: list[Window],
+    rule_factory: Callable[[], Rule],
+    provider_frames: dict[int, pd.DataFrame] | None = None,
+    regime_factory: Callable[[], object] | None = None,
+    progress: bool = True,
+) -> WalkForwardResult:
+    """Fit and apply the learned stack window by window (see the module docstring); return the decisions.
+
+    >>> result = walk_forward(features, windows, lambda: RegressionRule(**params), topic_frames, None)
+    """
+    features = canonical_signals(features)
+    exposures, out_of_sample, learned, in_sample_sharpes = [], [], [], []
+    for window in tqdm(windows, desc="walk-forward", disable=not progress, leave=False):
+        frame = window_rows(features, window)
+        if provider_frames is not None:
+            frame = frame.join(canonical_signals(provider_frames[window.index]), how="left")
+        extra = []
+        if regime_factory is not None:
+            regimes = regime_factory().fit(training_rows(frame, window))
+            frame = frame.assign(regime=regimes.transform(frame).to_numpy())
+            extra.append("regime")
+        history = training_rows(frame, window)
+        rule = rule_factory().fit(history)
+        in_sample_sharpes.append(in_sample_sharpe(rule, history))
+        in_test = sessions_of(frame) >= window.test_start
+        exposures.append(rule.target(frame)[in_test])
+        diagnostics = frame.loc[in_test, [c for c in frame.columns if c not in features.columns or c in extra]]
+        prediction = rule.prediction(frame)
+        if prediction is not None:
+            diagnostics = diagnostics.assign(prediction=prediction[in_test].to_numpy())
+        out_of_sample.append(diagnostics)
+        summary = rule.learned_summary()
+        if summary is not None:
+            learned.append(summary.assign(window_start=window.test_start.date().isoformat()))
+    exposure = pd.concat(exposures).reindex(features.index)
+    return WalkForwardResult(
+        exposure=exposure,
+        out_of_sample=pd.concat(out_of_sample) if out_of_sample else pd.DataFrame(index=features.index[:0]),
+        learned=pd.concat(learned, ignore_index=True) if learned else pd.DataFrame(),
+        windows=windows,
+        in_sample_sharpe=float(np.nanmean(in_sample_sharpes)) if np.isfinite(in_sample_sharpes).any() else None,
+    )
+
+
+def in_sample_sharpe(rule: Rule, history: pd.DataFrame, periods_per_year: int = 252) -> float:
+    """Annualised Sharpe of the fitted rule's own decisions on its training rows (gross of costs): the
+    in-sample figure that out-of-sample results are compared with."""
+    from engine.strategy import to_weights
+
+    labelled = history[history["forward_return"].notna()]
+    if labelled.empty:
+        return float("nan")
+    weights = to_weights(rule.target(labelled).fillna(0.0))
+    daily = (weights * labelled["forward_return"]).groupby(level="session").sum()
+    spread = daily.std()
+    return float(daily.mean() / spread * np.sqrt(periods_per_year)) if spread > 0 else float("nan")

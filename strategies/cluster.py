@@ -1,0 +1,51 @@
+"""Cluster (regime) rule: each market regime's position is learned from its past forward returns.
+
+In each training window, the mean next-session return of every regime and its t-statistic decide the
+position taken in that regime: long when t > ``min_t_stat``, short when t < -``min_t_stat`` and shorts are
+allowed, flat otherwise (and for regimes seen fewer than ``min_count`` times).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import ConfigError
+from engine.strategy import Rule
+
+
+class ClusterRule(Rule):
+    """Regime-to-position map learned from history (needs a ``regime`` column, from ``signals.regimes``).
+
+    >>> ClusterRule(min_t_stat=1.0, min_count=20, allow_short=False).fit(history).target(window)
+    """
+
+    name = "cluster"
+    learned = True
+
+    def __init__(self, min_t_stat: float, min_count: int, allow_short: bool):
+        self.min_t_stat = min_t_stat
+        self.min_count = min_count
+        self.allow_short = allow_short
+
+    def fit(self, history: pd.DataFrame) -> "ClusterRule":
+        if "regime" not in history:
+            raise ConfigError("strategy=cluster needs regimes: set signals.regimes.enabled=true")
+        labelled = history[history["forward_return"].notna()]
+        grouped = labelled.groupby("regime")["forward_return"]
+        table = pd.DataFrame({"mean_return": grouped.mean(), "std": grouped.std(ddof=1), "count": grouped.size()})
+        table["t_stat"] = table["mean_return"] / (table["std"] / np.sqrt(table["count"]))
+        table["t_stat"] = table["t_stat"].replace([np.inf, -np.inf], np.nan)
+        position = np.where(table["t_stat"] > self.min_t_stat, 1.0, 0.0)
+        if self.allow_short:
+            position = np.where(table["t_stat"] < -self.min_t_stat, -1.0, position)
+        table["position"] = np.where(table["count"] >= self.min_count, position, 0.0)
+        self.regime_map_ = table.drop(columns="std").reset_index()
+        return self
+
+    def target(self, features: pd.DataFrame) -> pd.Series:
+        positions = dict(zip(self.regime_map_["regime"], self.regime_map_["position"]))
+        exposure = features["regime"].map(positions).fillna(0.0)
+        return pd.Series(exposure.to_numpy(dtype="float64"), index=features.index, name="exposure")
+
+    def learned_summary(self) -> pd.DataFrame:
+        return self.regime_map_[["regime", "mean_return", "t_stat", "count", "position"]]

@@ -1,0 +1,77 @@
+"""Regression rule: a linear model of the next session's return on the session features, learned walk-forward.
+
+Long when the predicted return exceeds ``threshold``; short below ``-threshold`` when ``allow_short``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from engine.errors import ConfigError
+from engine.strategy import Rule, resolve_columns
+
+
+class RegressionRule(Rule):
+    """Linear (``model: linear``) or ridge (``model: ridge``, penalty ``alpha``) regression of
+    ``forward_return`` on ``features`` (names or ``prefix*``), imputing and standardising with training
+    statistics only.
+
+    >>> RegressionRule("ridge", 1.0, ["sentiment", "topic_*"], 0.0005, False, 100).fit(history).target(window)
+    """
+
+    name = "regression"
+    learned = True
+
+    def __init__(self, model: str, alpha: float, features: list[str], threshold: float, allow_short: bool,
+                 min_train_rows: int):
+        self.model = model
+        self.alpha = alpha
+        self.features = list(features)
+        self.threshold = threshold
+        self.allow_short = allow_short
+        self.min_train_rows = min_train_rows
+
+    def fit(self, history: pd.DataFrame) -> "RegressionRule":
+        if self.model == "linear":
+            estimator = LinearRegression()
+        elif self.model == "ridge":
+            if self.alpha is None or self.alpha < 0:
+                raise ConfigError(f"strategy.alpha: must be >= 0, got {self.alpha!r}")
+            estimator = Ridge(alpha=self.alpha)
+        else:
+            raise ConfigError(f"strategy.model: must be 'linear' or 'ridge', got {self.model!r}")
+        self.columns_ = resolve_columns(history, self.features, "strategy.features")
+        labelled = history[history["forward_return"].notna()]
+        if len(labelled) < self.min_train_rows:
+            self.pipeline_ = None  # too little history: stay flat rather than fit noise
+            return self
+        features = labelled[self.columns_].to_numpy(dtype="float64")
+        usable = ~np.all(np.isnan(features), axis=0)
+        self.usable_ = [c for c, keep in zip(self.columns_, usable) if keep]
+        self.pipeline_ = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(), estimator)
+        self.pipeline_.fit(labelled[self.usable_].to_numpy(dtype="float64"), labelled["forward_return"].to_numpy())
+        return self
+
+    def prediction(self, features: pd.DataFrame) -> pd.Series:
+        if self.pipeline_ is None:
+            return pd.Series(np.nan, index=features.index, name="prediction")
+        values = self.pipeline_.predict(features[self.usable_].to_numpy(dtype="float64"))
+        return pd.Series(values, index=features.index, name="prediction")
+
+    def target(self, features: pd.DataFrame) -> pd.Series:
+        predicted = self.prediction(features).to_numpy()
+        exposure = np.where(predicted > self.threshold, 1.0, 0.0)
+        if self.allow_short:
+            exposure = np.where(predicted < -self.threshold, -1.0, exposure)
+        return pd.Series(exposure, index=features.index, name="exposure")
+
+    def learned_summary(self) -> pd.DataFrame | None:
+        if self.pipeline_ is None:
+            return None
+        estimator = self.pipeline_[-1]
+        return pd.DataFrame({"feature": self.usable_ + ["(intercept)"],
+                             "coefficient": list(estimator.coef_) + [estimator.intercept_]})

@@ -1,0 +1,111 @@
+"""Walk-forward: window arithmetic, no learner ever sees a row at or after its decision session, and the
+regression rule finds a planted signal out of sample but no edge in noise."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.backtest import run_backtest
+from engine.errors import ConfigError
+from engine.strategy import Rule, to_weights
+from engine.walkforward import make_windows, training_rows, walk_forward
+from strategies.regression import RegressionRule
+
+SESSIONS = pd.date_range("2020-01-01 14:30", periods=10, freq="D", tz="UTC")
+
+
+def test_expanding_and_rolling_windows():
+    expanding = make_windows(SESSIONS, train_sessions=4, step_sessions=3, mode="expanding")
+    assert [(w.train_start, w.test_start, w.test_end) for w in expanding] == [
+        (SESSIONS[0], SESSIONS[4], SESSIONS[6]), (SESSIONS[0], SESSIONS[7], SESSIONS[9])]
+    rolling = make_windows(SESSIONS, train_sessions=4, step_sessions=3, mode="rolling")
+    assert [w.train_start for w in rolling] == [SESSIONS[0], SESSIONS[3]]
+
+
+@pytest.mark.parametrize("train,step,mode,key", [(0, 3, "expanding", "train_sessions"), (4, -1, "expanding", "step_sessions"),
+                                                   (4, 3, "sideways", "mode"), (10, 3, "expanding", "train_sessions")])
+def test_bad_windows_name_the_key(train, step, mode, key):
+    with pytest.raises(ConfigError, match=f"walk_forward.{key}"):
+        make_windows(SESSIONS, train, step, mode)
+
+
+def planted_features(n_sessions=1500, strength=0.004, seed=7, tickers=("A",)):
+    """Features whose ``signal`` predicts the next open-to-open return with the given strength (0: noise)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    sessions = pd.bdate_range("2010-01-04", periods=n_sessions).tz_localize("UTC") + pd.Timedelta(hours=14, minutes=30)
+    for ticker in tickers:
+        signal = rng.standard_normal(n_sessions)
+        forward = strength * signal + 0.01 * rng.standard_normal(n_sessions) + 0.0003
+        opens = 100 * np.concatenate([[1.0], np.cumprod(1 + forward[:-1])])
+        closes = opens * (1 + 0.002 * rng.standard_normal(n_sessions))
+        frames.append(pd.DataFrame({
+            "ticker": ticker, "session": sessions, "open": opens, "close": closes,
+            "high": np.maximum(opens, closes) * 1.001, "low": np.minimum(opens, closes) * 0.999, "volume": 1e6,
+            "signal": signal, "forward_return": np.append(opens[1:] / opens[:-1] - 1, np.nan)}))
+    return pd.concat(frames).set_index(["ticker", "session"]).sort_index()
+
+
+class SpyRule(Rule):
+    learned = True
+    seen = []
+
+    def fit(self, history):
+        SpyRule.seen.append(history.copy())
+        return self
+
+    def target(self, features):
+        return pd.Series(0.0, index=features.index)
+
+
+def test_learners_never_see_their_decision_sessions_or_unrealised_labels():
+    features = planted_features(n_sessions=60, tickers=("A", "B"))
+    windows = make_windows(features.index.get_level_values("session"), 20, 15, "expanding")
+    SpyRule.seen = []
+    walk_forward(features, windows, SpyRule, progress=False)
+    assert len(SpyRule.seen) == len(windows) == 3
+    for window, history in zip(windows, SpyRule.seen):
+        sessions = history.index.get_level_values("session")
+        assert sessions.max() < window.test_start
+        # The label of the last training session is realised at test_start's open: masked.
+        last = history[sessions == sessions.max()]
+        assert last["forward_return"].isna().all()
+        earlier = history[sessions < sessions.max()]
+        assert earlier["forward_return"].notna().all()
+    # Direct check of training_rows on one window too.
+    rows = training_rows(features, windows[1])
+    assert rows.index.get_level_values("session").max() == windows[1].test_start - pd.offsets.BDay(1)
+
+
+def daily_returns(features, exposure):
+    bars = features[["open", "high", "low", "close", "volume"]].assign(weight=to_weights(exposure.fillna(0.0)).to_numpy())
+    book = run_backtest(bars, {"cash": 100_000, "commission_bps": 1, "slippage_bps": 0}).book
+    return book["value"].pct_change().dropna()
+
+
+def sharpe(returns):
+    return returns.mean() / returns.std() * np.sqrt(252)
+
+
+def regression_exposure(features, windows):
+    rule = lambda: RegressionRule("linear", 0.0, ["signal"], 0.0, False, 50)  # noqa: E731
+    return walk_forward(features, windows, rule, progress=False)
+
+
+def test_regression_beats_buy_and_hold_on_a_planted_signal_and_not_on_noise():
+    planted = planted_features(strength=0.004)
+    windows = make_windows(planted.index.get_level_values("session"), 500, 100, "expanding")
+    result = regression_exposure(planted, windows)
+    test = planted.index.get_level_values("session") >= windows[0].test_start
+    oos = planted[test]
+    # Out of sample the forecasts line up with the realised returns.
+    predictions = result.out_of_sample["prediction"]
+    assert np.corrcoef(predictions, oos["forward_return"].fillna(0))[0, 1] > 0.25
+    strategy = daily_returns(oos, result.exposure[test])
+    hold = daily_returns(oos, pd.Series(1.0, index=oos.index))
+    assert sharpe(strategy) > sharpe(hold) + 1.0
+
+    noise = planted_features(strength=0.0, seed=11)
+    result = regression_exposure(noise, windows)
+    edge = daily_returns(noise[test], result.exposure[test]) - daily_returns(noise[test], pd.Series(1.0, index=noise[test].index))
+    t_stat = edge.mean() / edge.std() * np.sqrt(len(edge))
+    assert abs(t_stat) < 2.0  # no significant edge over buy-and-hold at the 5% level
