@@ -42,6 +42,7 @@ class TargetWeightStrategy(bt.Strategy):
         self.stop_orders: dict[str, bt.Order] = {}
         self.fills: list[dict] = []
         self.var_scales: list[float] = []
+        self.rejected = 0
 
     def _var_scale(self) -> float:
         if self.p.var_limit is None or len(self.values) < self.p.var_window_sessions + 1:
@@ -116,6 +117,8 @@ class TargetWeightStrategy(bt.Strategy):
         self.stop_orders[data._name] = order
 
     def notify_order(self, order):
+        if order.status in (order.Margin, order.Rejected):
+            self.rejected += 1
         if order.status != order.Completed:
             return
         stop = order.exectype == bt.Order.Stop
@@ -194,6 +197,7 @@ class BacktestResult:
     trades: pd.DataFrame
     fills: pd.DataFrame
     var_scales: list[float] = field(default_factory=list)
+    rejected_orders: int = 0
 
 
 TRADE_COLUMNS = ["ticker", "opened", "closed", "size", "entry_price", "exit_price", "pnl", "pnl_net", "commission", "bars"]
@@ -227,7 +231,8 @@ def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> 
     cerebro.addstrategy(
         TargetWeightStrategy,
         fractional=bool(broker.get("fractional", True)),
-        cost_rate=(commission_bps + slippage_bps) / 1e4,
+        # A buy fills at open * (1 + slippage) and pays commission on that: size so both fit in the cash.
+        cost_rate=(1 + slippage_bps / 1e4) * (1 + commission_bps / 1e4) * (1 + 1e-9) - 1,
         rebalance_band=float(broker.get("rebalance_band", 0.0)),
         stop_loss=risk.get("stop_loss"),
         var_limit=risk.get("var_limit"),
@@ -241,4 +246,5 @@ def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> 
         trades=pd.DataFrame(strategy.analyzers.trades.get_analysis(), columns=TRADE_COLUMNS),
         fills=pd.DataFrame(strategy.fills, columns=FILL_COLUMNS),
         var_scales=strategy.var_scales,
+        rejected_orders=strategy.rejected,
     )

@@ -26,8 +26,6 @@ from engine.schema import NEWS_COLUMNS, validate_news, validate_prices
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CATALOG_PATH = PROJECT_ROOT / "data" / "catalog.yaml"
-# News published this many calendar days before the first session are kept, so that they can count for it.
-NEWS_LOOKBACK_DAYS = 10
 TWITTER_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 _OHLC = ["open", "high", "low", "close"]
 
@@ -105,13 +103,16 @@ def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
     news = news.copy()
     news["timestamp"] = news["timestamp"].dt.as_unit("us")
     window = pd.Series(True, index=news.index)
-    news_from = news_to = None
-    if start is not None:
-        news_from = session_instants(pd.DatetimeIndex([start - pd.Timedelta(days=NEWS_LOOKBACK_DAYS)]), timezone, "00:00")[0]
-        window &= news["timestamp"] >= news_from
-    if end is not None:
-        news_to = end_of_day(pd.DatetimeIndex([end]), timezone)[0]
-        window &= news["timestamp"] <= news_to
+    # Measured from the first and last sessions kept (not only a configured start), so news from long before
+    # the first bar never piles onto it.
+    lookback_days = _required(cfg, "news_lookback_days")
+    if not isinstance(lookback_days, int) or isinstance(lookback_days, bool) or lookback_days < 0:
+        raise ConfigError(f"data.news_lookback_days: must be a non-negative integer, got {lookback_days!r}")
+    first_day, last_day = prices["timestamp"].min(), prices["timestamp"].max()
+    news_from = session_instants(pd.DatetimeIndex([first_day - pd.Timedelta(days=lookback_days)]), timezone, "00:00")[0]
+    window &= news["timestamp"] >= news_from
+    news_to = end_of_day(pd.DatetimeIndex([last_day]), timezone)[0]
+    window &= news["timestamp"] <= news_to
     news = news[window]
 
     what = f"dataset {meta['dataset']}"
@@ -119,8 +120,7 @@ def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
     news = validate_news(news, f"{what} news")
     meta.update(
         start=_day(start), end=_day(end),
-        news_from=None if news_from is None else news_from.isoformat(),
-        news_to=None if news_to is None else news_to.isoformat(),
+        news_from=news_from.isoformat(), news_to=news_to.isoformat(),
         price_rows=len(prices), news_rows=len(news), news_outside_window_dropped=int((~window).sum()),
         first_session=prices["timestamp"].iloc[0].isoformat(), last_session=prices["timestamp"].iloc[-1].isoformat(),
     )

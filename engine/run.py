@@ -198,6 +198,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         news_aligned=int(len(aligned)),
         fills=int(len(result.fills)),
         stop_fills=int((result.fills["kind"] == "stop").sum()),
+        rejected_orders=int(result.rejected_orders),
         sessions_var_limited=int(sum(scale < 1 for scale in result.var_scales)),
         in_sample_sharpe=decisions.in_sample_sharpe,
     )

@@ -1,4 +1,8 @@
-"""Sentiment rule: long when the rolling mean news sentiment is above a threshold; flat (or short) otherwise."""
+"""Sentiment rule: long when the rolling mean news sentiment is above a threshold; flat (or short) otherwise.
+
+News tone has a level of its own (world news reads negative), so the rule can compare the recent mean with
+a trailing baseline: the mean over the ``baseline_sessions`` sessions before the rolling window.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -10,28 +14,41 @@ from engine.strategy import Rule
 
 class SentimentRule(Rule):
     """Exposure from the mean of ``sentiment`` over the last ``window_sessions`` sessions (including the current
-    one, whose news all predates its open; sessions without news are skipped): 1 above ``threshold``,
-    -1 below ``-threshold`` when ``allow_short``, else 0. No news in the window: flat.
+    one, whose news all predates its open; sessions without news are skipped), minus the mean over the
+    ``baseline_sessions`` sessions before them when ``baseline_sessions`` is set: 1 above ``threshold``,
+    -1 below ``-threshold`` when ``allow_short``, else 0. No news in the window (or no baseline yet): flat.
 
-    >>> SentimentRule(window_sessions=5, threshold=0.0, allow_short=False).target(features)
+    >>> SentimentRule(window_sessions=5, threshold=0.0, allow_short=False, baseline_sessions=250).target(features)
     """
 
     name = "sentiment"
 
-    def __init__(self, window_sessions: int, threshold: float, allow_short: bool):
+    def __init__(self, window_sessions: int, threshold: float, allow_short: bool, baseline_sessions: int | None = None):
         self.window_sessions = window_sessions
         self.threshold = threshold
         self.allow_short = allow_short
+        self.baseline_sessions = baseline_sessions
+
+    def score(self, features: pd.DataFrame) -> pd.Series:
+        """The rolling mean sentiment, less its trailing baseline when configured."""
+        for key in ("window_sessions", "baseline_sessions"):
+            value = getattr(self, key)
+            if key == "baseline_sessions" and value is None:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"strategy.{key}: must be a positive integer, got {value!r}")
+        by_ticker = features["sentiment"].groupby(level="ticker", sort=False)
+        recent = by_ticker.transform(lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
+        if self.baseline_sessions is None:
+            return recent
+        baseline = by_ticker.transform(
+            lambda s: s.shift(self.window_sessions).rolling(self.baseline_sessions, min_periods=self.baseline_sessions // 2).mean()
+        )
+        return recent - baseline
 
     def target(self, features: pd.DataFrame) -> pd.Series:
-        if not isinstance(self.window_sessions, int) or self.window_sessions < 1:
-            raise ConfigError(f"strategy.window_sessions: must be a positive integer, got {self.window_sessions!r}")
-        mean = (
-            features["sentiment"]
-            .groupby(level="ticker", sort=False)
-            .transform(lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
-        )
-        exposure = np.where(mean > self.threshold, 1.0, 0.0)
+        score = self.score(features).to_numpy()
+        exposure = np.where(score > self.threshold, 1.0, 0.0)
         if self.allow_short:
-            exposure = np.where(mean < -self.threshold, -1.0, exposure)
+            exposure = np.where(score < -self.threshold, -1.0, exposure)
         return pd.Series(exposure, index=features.index, name="exposure")

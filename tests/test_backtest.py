@@ -101,3 +101,10 @@ def test_stop_loss_fills_at_the_stop_price_inside_the_bar():
     # The rule goes flat on the 10th and long again on the 13th: the stop no longer holds it out.
     assert result.fills["date"].iloc[-1] == "2020-01-13"
     assert result.book["position_X"].iloc[-1] > 0
+
+
+def test_fully_invested_orders_fit_the_cash_with_commission_and_slippage():
+    result = run_backtest(bars(), {"cash": 100_000, "commission_bps": 5, "slippage_bps": 2, "rebalance_band": 0.02})
+    assert result.rejected_orders == 0
+    assert len(result.fills) == 4
+    assert result.book["cash"].min() >= 0

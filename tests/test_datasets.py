@@ -132,7 +132,8 @@ def _headlines_by_second_method() -> list[tuple[str, str]]:
 def test_djia_headlines_match_a_second_cleaning(djia):
     expected = _headlines_by_second_method()
     assert len(expected) == 73_607  # 73,608 records (SOURCE.md) less the blank b'        ' of 2008-07-01
-    assert djia.news["text"].tolist() == [text for _, text in expected]
+    # News are kept from 10 days before the first DJIA bar (2008-08-08), i.e. from 2008-07-29.
+    assert djia.news["text"].tolist() == [text for date, text in expected if date >= "2008-07-29"]
     assert djia.meta["news_raw_rows"] == 73_608
     assert djia.meta["empty_news_dropped"] == 1
 
@@ -153,11 +154,12 @@ def test_djia_headlines_are_clean(djia):
 def test_djia_news_are_market_wide_and_stamped_at_the_end_of_their_utc_day(djia):
     news = djia.news
     assert (news["ticker"] == "").all() and (news["source"] == "reddit/worldnews").all()
-    assert news["timestamp"].iloc[0] == utc("2008-06-08 23:59:59.999999")
+    # The file starts 2008-06-08, two months before the first DJIA bar: only the 10-day lookback is kept.
+    assert news["timestamp"].iloc[0] == utc("2008-07-29 23:59:59.999999")
     assert news["timestamp"].iloc[-1] == utc("2016-07-01 23:59:59.999999")
     assert news["timestamp"].is_monotonic_increasing
     days = news["timestamp"].dt.date
-    assert days.nunique() == 2_943  # every calendar day including weekends
+    assert days.nunique() == 2_943 - 51  # every calendar day including weekends, from 2008-07-29
     assert (days == pd.Timestamp("2008-10-26").date()).sum() == 50
 
 

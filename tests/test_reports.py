@@ -162,7 +162,7 @@ def test_information_coefficient_of_monotone_signal():
     signals["sentiment"] = np.exp(50 * signals["forward_return"])  # strictly increasing in the forward return
     signals["contrarian"] = -signals["forward_return"] ** 3
     signals["flat"] = 1.0
-    signals["close"] = 100.0
+    signals["close"] = signals["open"] = 100.0  # price diagnostics, not signals
     table = information_coefficients(signals)
     assert table.index.tolist() == ["sentiment", "contrarian", "flat"]
     assert table.loc["sentiment", "ic"] == pytest.approx(1.0)
