@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-# Columns of a signals frame that are diagnostics written beside the signals, never signals themselves.
-DIAGNOSTIC_COLUMNS = ("close", "forward_return")
+# Columns of a signals frame that are diagnostics written beside the signals, never signals themselves
+# (engine.run writes close and forward_return, and may add the session's other price fields).
+DIAGNOSTIC_COLUMNS = ("open", "high", "low", "close", "volume", "forward_return")
 VAR_CONFIDENCE = 0.95
 
 
@@ -241,7 +242,7 @@ def forecast_metrics(predictions: pd.DataFrame) -> dict[str, Any]:
 
 
 def signal_columns(signals: pd.DataFrame) -> list[str]:
-    """The signal columns of a run's signals frame: every column except the diagnostics close/forward_return."""
+    """The signal columns of a run's signals frame: every column but the price fields and forward_return."""
     return [c for c in signals.columns if c not in DIAGNOSTIC_COLUMNS]
 
 

@@ -72,9 +72,9 @@ def _load_equity(run_dir: Path) -> tuple[pd.Series, pd.Series]:
         raise DataError(f"{path}: missing (not a finished run folder?)")
     equity = _read_csv(path, ["date", "returns", "benchmark_returns"])
     try:
-        dates = pd.DatetimeIndex(pd.to_datetime(equity["date"], format="%Y-%m-%d"), name="date")
+        dates = pd.DatetimeIndex(pd.to_datetime(equity["date"], format="ISO8601"), name="date")
     except ValueError as error:
-        raise DataError(f"{path}: column 'date' is not YYYY-MM-DD ({error})") from error
+        raise DataError(f"{path}: column 'date' is not an ISO date ({error})") from error
     returns = pd.Series(pd.to_numeric(equity["returns"], errors="coerce").to_numpy(), index=dates, name=STRATEGY_LABEL)
     benchmark = pd.Series(
         pd.to_numeric(equity["benchmark_returns"], errors="coerce").to_numpy(), index=dates, name=BENCHMARK_LABEL
