@@ -111,29 +111,71 @@ class Decisions:
     in_sample_sharpe: float | None = None
 
 
-def decide(cfg: DictConfig, features: pd.DataFrame, aligned: pd.DataFrame, cache: SignalCache) -> Decisions:
-    """Run the configured rule over ``features``: directly, or walked forward with topics and regimes.
+@dataclass
+class Inputs:
+    """Everything a rule decides from: the dataset, its aligned news, the session features, the cache."""
 
-    >>> decisions = decide(cfg, features, aligned, cache)
+    dataset: Any
+    aligned: pd.DataFrame
+    provider: SignalProvider
+    features: pd.DataFrame
+    cache: SignalCache
+
+
+def build_inputs(cfg: DictConfig) -> Inputs:
+    """Load the data, align the news and compute (or read from the cache) the sentiment features."""
+    roots = [project_path(root) for root in cfg.paths.roots]
+    cache = SignalCache(project_path(cfg.paths.cache))
+    dataset = load_dataset(cfg.data, roots)
+    aligned = align_news(dataset.news, dataset.prices, cfg.latency_minutes)
+    provider = make_sentiment_provider(cfg, roots)
+    sentiment = provider_signals(provider, aligned, cache)
+    return Inputs(dataset, aligned, provider, assemble_features(dataset.prices, [sentiment]), cache)
+
+
+def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
+    """The walk-forward windows of ``walk_forward.*`` over the feature sessions."""
+    walk = cfg.walk_forward
+    return make_windows(features.index.get_level_values("session"), walk.train_sessions, walk.step_sessions, walk.mode)
+
+
+def topic_frames(cfg: DictConfig, aligned: pd.DataFrame, windows: list, cache: SignalCache):
+    """Per window, the topic mixtures of an LDA fitted before it (cached), and the top words of each fit."""
+    from signals.topics import TopicModel
+
+    params = {k: v for k, v in OmegaConf.to_container(cfg.signals.topics, resolve=True).items() if k != "enabled"}
+    fitted = windowed_provider(lambda: TopicModel(**params), aligned, windows, cache)
+    words = pd.DataFrame(
+        [{"window_start": window.test_start.date().isoformat(), "topic": int(topic), "words": text}
+         for window in windows for topic, text in fitted[window.index][1].get("top_words", {}).items()]
+    )
+    return {index: frame for index, (frame, _) in fitted.items()}, words
+
+
+def prepare_signals(cfg: DictConfig) -> None:
+    """Compute and cache every signal a run of ``cfg`` reads (sentiment; topics per window for learned rules),
+    so that the runs of a sweep sharing this signal config only read the cache."""
+    inputs = build_inputs(cfg)
+    learned = getattr(hydra.utils.get_class(cfg.strategy._target_), "learned", False)
+    if learned and cfg.signals.topics.enabled:
+        topic_frames(cfg, inputs.aligned, make_walk_forward(cfg, inputs.features), inputs.cache)
+
+
+def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
+    """Run the configured rule over the features: directly, or walked forward with topics and regimes.
+
+    >>> decisions = decide(cfg, build_inputs(cfg))
     """
+    features = inputs.features
     rule = make_rule(cfg.strategy)
     risk = check_risk(OmegaConf.to_container(cfg.risk, resolve=True))
     if not rule.learned:
         exposure = rule.target(features)
         return Decisions(exposure, apply_risk(to_weights(exposure), features, risk))
-    walk = cfg.walk_forward
-    windows = make_windows(features.index.get_level_values("session"), walk.train_sessions, walk.step_sessions, walk.mode)
+    windows = make_walk_forward(cfg, features)
     provider_frames, topic_words = None, None
     if cfg.signals.topics.enabled:
-        from signals.topics import TopicModel
-
-        topic_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.topics, resolve=True).items() if k != "enabled"}
-        fitted = windowed_provider(lambda: TopicModel(**topic_params), aligned, windows, cache)
-        provider_frames = {index: frame for index, (frame, _) in fitted.items()}
-        topic_words = pd.DataFrame(
-            [{"window_start": window.test_start.date().isoformat(), "topic": int(topic), "words": words}
-             for window in windows for topic, words in fitted[window.index][1].get("top_words", {}).items()]
-        )
+        provider_frames, topic_words = topic_frames(cfg, inputs.aligned, windows, inputs.cache)
     regime_factory = None
     if cfg.signals.regimes.enabled:
         from signals.regimes import RegimeModel
@@ -146,6 +188,22 @@ def decide(cfg: DictConfig, features: pd.DataFrame, aligned: pd.DataFrame, cache
                      topic_words, result.in_sample_sharpe)
 
 
+def in_out_of_sample_sharpe(cfg: DictConfig, decisions: Decisions, returns: pd.Series, metrics: dict) -> dict:
+    """In-sample and out-of-sample Sharpe, so a sweep shows overfitting. A learned rule's backtest is all out of
+    sample; its in-sample figure is the mean over windows of the fitted rule's Sharpe on its training rows. A
+    fixed rule is split at the walk-forward boundary: the first ``walk_forward.train_sessions`` sessions are
+    in sample (where a sweep would tune it), the rest out of sample."""
+    from reports.metrics import performance_metrics
+
+    if decisions.first_session is not None:
+        return {"in_sample_sharpe": decisions.in_sample_sharpe, "out_of_sample_sharpe": metrics["sharpe"]}
+    train = int(cfg.walk_forward.train_sessions)
+    if not 1 < train < len(returns) - 1:
+        return {"in_sample_sharpe": None, "out_of_sample_sharpe": None}
+    return {"in_sample_sharpe": performance_metrics(returns.iloc[:train])["sharpe"],
+            "out_of_sample_sharpe": performance_metrics(returns.iloc[train:])["sharpe"]}
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics.
 
@@ -154,14 +212,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from reports.metrics import performance_metrics
 
     started = time.perf_counter()
-    roots = [project_path(root) for root in cfg.paths.roots]
-    cache = SignalCache(project_path(cfg.paths.cache))
-    dataset = load_dataset(cfg.data, roots)
-    aligned = align_news(dataset.news, dataset.prices, cfg.latency_minutes)
-    provider = make_sentiment_provider(cfg, roots)
-    sentiment = provider_signals(provider, aligned, cache)
-    features = assemble_features(dataset.prices, [sentiment])
-    decisions = decide(cfg, features, aligned, cache)
+    inputs = build_inputs(cfg)
+    dataset, aligned, provider, features = inputs.dataset, inputs.aligned, inputs.provider, inputs.features
+    decisions = decide(cfg, inputs)
 
     # Learned rules trade from their first out-of-sample session; the session before it primes the feeds
     # (backtrader never trades a feed's first bar). The benchmark covers the same sessions.
@@ -200,8 +253,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         stop_fills=int((result.fills["kind"] == "stop").sum()),
         rejected_orders=int(result.rejected_orders),
         sessions_var_limited=int(sum(scale < 1 for scale in result.var_scales)),
-        in_sample_sharpe=decisions.in_sample_sharpe,
     )
+    metrics.update(in_out_of_sample_sharpe(cfg, decisions, returns, metrics))
     metrics.update(getattr(provider, "stats_", {}) or {})
     signals_out = features[keep].assign(exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
     extra_files: dict[str, pd.DataFrame] = {}
