@@ -1,0 +1,240 @@
+"""LDA topics of news text: each (ticker, session) gets the mean topic mixture of its texts.
+
+A gensim ``LdaModel`` (single process, fixed ``random_state``) is fitted on the distinct texts of the past;
+``transform`` infers each distinct text's mixture with a deterministic start, so a fitted model gives every
+text the same mixture whatever else is in the frame and however often it is called.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+import unicodedata
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from gensim.corpora import Dictionary
+from gensim.models import LdaModel
+from gensim.parsing.preprocessing import STOPWORDS
+from scipy import sparse
+from scipy.special import psi
+from tqdm.auto import tqdm
+
+from engine.errors import ConfigError
+from engine.schema import canonical_signals, empty_signals
+from engine.signal import SignalProvider
+
+# Fillers of headlines and tweets that gensim's STOPWORDS lacks: the retweet marker, the remains of "&amp"
+# and of truncated links ("http…"), and reporting verbs/labels that carry no topic ("X says Y", "BREAKING:").
+NEWS_STOPWORDS = frozenset({"rt", "amp", "http", "https", "www", "says", "said", "new", "breaking", "update"})
+STOP_WORDS = frozenset(STOPWORDS) | NEWS_STOPWORDS
+
+# Removed before splitting into words. Cashtags ($AAPL, $BRK.B) are dropped, not kept as "aapl": every
+# StockNet tweet carries its own ticker's cashtag (it is the search key), so the token would only re-encode
+# the row's ticker and LDA would spend topics on tickers instead of themes. Hashtags keep their word (#Oil -> oil).
+_REMOVE = re.compile(
+    r"(?:https?://|www\.)\S*"            # links, including truncated ones ("http://…")
+    r"|&(?:#\d+|#x[0-9a-f]+|[a-z][a-z0-9]*);"  # HTML entities (&amp; &#39; &eacute;)
+    r"|@\w+"                             # @mentions
+    r"|\$[^\W\d_]+(?:\.[^\W\d_]+)?"      # cashtags
+)
+_WORD = re.compile(r"[^\W_]+")  # runs of Unicode letters and digits; apostrophes, hyphens, '#' split words
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased topic words of ``text``: Unicode letters only (é, ß, CJK runs kept whole), without links,
+    @mentions, cashtags, HTML entities, words containing a digit (5, g20, 3rd), words under 2 letters and
+    ``STOP_WORDS``.
+
+    >>> tokenize("Zürich's café & crème brûlée rises 5% http://x.co @bob RT $AAPL")
+    ['zürich', 'café', 'crème', 'brûlée', 'rises']
+    """
+    text = _REMOVE.sub(" ", unicodedata.normalize("NFC", str(text)).lower())
+    return [w for w in _WORD.findall(text) if len(w) >= 2 and w.isalpha() and w not in STOP_WORDS]
+
+
+def _tokenizer_digest() -> str:
+    """Identifies the tokenisation rules, so cached topics are recomputed when they change."""
+    rules = "\n".join([_REMOVE.pattern, _WORD.pattern, "NFC lower isalpha len>=2", *sorted(STOP_WORDS)])
+    return hashlib.sha256(rules.encode()).hexdigest()[:16]
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()
+
+
+class _CountingCorpus:
+    """A corpus that ticks a progress bar per document gensim reads (once per pass)."""
+
+    def __init__(self, corpus: list, bar: tqdm):
+        self.corpus, self.bar = corpus, bar
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __iter__(self) -> Iterator:
+        for document in self.corpus:
+            self.bar.update(1)
+            yield document
+
+
+def infer_mixtures(bows: list[list[tuple[int, int]]], expected_log_beta: np.ndarray, alpha: np.ndarray,
+                   iterations: int, gamma_threshold: float) -> np.ndarray:
+    """Topic mixtures (rows sum to 1) of non-empty bag-of-words documents under a fitted LDA.
+
+    The variational E-step of gensim's ``LdaModel.inference``, vectorised over documents, with every
+    document started at gamma = 1 (the mean of gensim's random Gamma(100, 1/100) start) instead of a draw
+    from the model's RNG: the result is then a function of the document alone. ``expected_log_beta`` is
+    ``exp(E[log beta])`` (``LdaModel.expElogbeta``), shape (topics, vocabulary).
+
+    >>> infer_mixtures([dictionary.doc2bow(tokens)], lda.expElogbeta, lda.alpha, 50, 0.001)
+    """
+    beta = np.asarray(expected_log_beta, dtype=np.float64)
+    topics, vocabulary = beta.shape
+    lengths = np.fromiter((len(b) for b in bows), dtype=np.int64, count=len(bows))
+    ids = np.fromiter((i for b in bows for i, _ in b), dtype=np.int64, count=int(lengths.sum()))
+    counts = np.fromiter((c for b in bows for _, c in b), dtype=np.float64, count=int(lengths.sum()))
+    matrix = sparse.csr_matrix((counts, ids, np.concatenate([[0], np.cumsum(lengths)])), shape=(len(bows), vocabulary))
+    epsilon = np.finfo(np.float32).eps  # gensim's default dtype's eps, as its inference adds
+    gamma = np.ones((len(bows), topics))
+    todo = np.arange(len(bows))
+    for _ in range(iterations):
+        if todo.size == 0:
+            break
+        rows, current = matrix[todo], gamma[todo]
+        expected_theta = np.exp(psi(current) - psi(current.sum(axis=1, keepdims=True)))
+        owner = np.repeat(np.arange(todo.size), np.diff(rows.indptr))
+        norm = np.einsum("ik,ki->i", expected_theta[owner], beta[:, rows.indices]) + epsilon
+        rows.data = rows.data / norm
+        updated = alpha + expected_theta * (rows @ beta.T)
+        gamma[todo] = updated
+        todo = todo[np.abs(updated - current).mean(axis=1) >= gamma_threshold]  # gensim's per-document stop
+    return gamma / gamma.sum(axis=1, keepdims=True)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"signals.topics.{key}: must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class TopicModel(SignalProvider):
+    """LDA topic mixture per (ticker, session): columns ``topic_0..topic_{k-1}`` (mean mixture of the
+    session's texts, sums to 1) and ``topics_count`` (texts with at least one known word).
+
+    >>> TopicModel(num_topics=10, no_below=5, no_above=0.5, keep_n=20000, passes=2, iterations=50,
+    ...            random_state=0, chunksize=2000).fit(past_news).transform(window_news)
+    """
+
+    name = "topics"
+
+    def __init__(self, num_topics: int, no_below: int, no_above: float, keep_n: int | None, passes: int,
+                 iterations: int, random_state: int, chunksize: int):
+        self.num_topics = num_topics
+        self.no_below = no_below
+        self.no_above = no_above
+        self.keep_n = keep_n
+        self.passes = passes
+        self.iterations = iterations
+        self.random_state = random_state
+        self.chunksize = chunksize
+        self.columns = tuple(f"topic_{k}" for k in range(_positive_int(num_topics, "num_topics"))) + ("topics_count",)
+
+    @property
+    def topic_columns(self) -> list[str]:
+        """The mixture columns, without ``topics_count``."""
+        return list(self.columns[:-1])
+
+    def params(self) -> dict[str, Any]:
+        keys = ["num_topics", "no_below", "no_above", "keep_n", "passes", "iterations", "random_state", "chunksize"]
+        return {"provider": self.name, **{k: getattr(self, k) for k in keys}, "tokenizer": _tokenizer_digest()}
+
+    def _check_params(self) -> None:
+        for key in ("no_below", "passes", "iterations", "chunksize"):
+            _positive_int(getattr(self, key), key)
+        if self.keep_n is not None:
+            _positive_int(self.keep_n, "keep_n")
+        if isinstance(self.no_above, bool) or not isinstance(self.no_above, (int, float)) or not 0 < self.no_above <= 1:
+            raise ConfigError(f"signals.topics.no_above: must be a fraction in (0, 1], got {self.no_above!r}")
+        if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)):
+            raise ConfigError(f"signals.topics.random_state: must be an integer (LDA must be reproducible), "
+                              f"got {self.random_state!r}")
+
+    def fit(self, news: pd.DataFrame) -> "TopicModel":
+        """Learn the vocabulary and the topics from the distinct texts of ``news`` (each text once, ordered
+        by its first timestamp, then by text, so row order and repeats across tickers do not matter)."""
+        self._check_params()
+        ordered = news[["timestamp", "text"]].assign(text=news["text"].fillna("").astype(str))
+        texts = ordered.sort_values(["timestamp", "text"], kind="stable").drop_duplicates("text")["text"]
+        documents = [tokenize(t) for t in tqdm(texts, desc="topics: tokenise", disable=not _progress(), leave=False)]
+        documents = [d for d in documents if d]
+        dictionary = Dictionary(documents)
+        dictionary.filter_extremes(no_below=self.no_below, no_above=self.no_above, keep_n=self.keep_n)
+        corpus = [bow for bow in (dictionary.doc2bow(d) for d in documents) if bow]
+        if not corpus:
+            raise ConfigError(
+                f"signals.topics.no_below: no word is in at least {self.no_below} and at most {self.no_above:.0%} "
+                f"of the {len(texts)} distinct training texts; lower signals.topics.no_below or raise "
+                f"signals.topics.no_above"
+            )
+        with tqdm(total=len(corpus) * self.passes, desc="topics: LDA", disable=not _progress(), leave=False) as bar:
+            self.model_ = LdaModel(
+                corpus=_CountingCorpus(corpus, bar), id2word=dictionary, num_topics=self.num_topics,
+                passes=self.passes, iterations=self.iterations, chunksize=self.chunksize,
+                random_state=int(self.random_state), eval_every=None,  # perplexity logging costs a full E-step
+            )
+        self.dictionary_ = dictionary
+        self.n_texts_ = len(corpus)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("TopicModel: call fit before transform or top_words")
+
+    def mixtures(self, texts: pd.Series | list[str]) -> np.ndarray:
+        """Topic mixture of each text, shape (texts, topics); NaN rows for texts without a known word.
+
+        >>> model.mixtures(["Oil prices fall"])
+        """
+        self._check_fitted()
+        bows = [self.dictionary_.doc2bow(tokenize(t))
+                for t in tqdm(list(texts), desc="topics: infer", disable=not _progress(), leave=False)]
+        known = np.array([bool(b) for b in bows], dtype=bool)
+        out = np.full((len(bows), self.num_topics), np.nan)
+        if known.any():
+            out[known] = infer_mixtures([b for b in bows if b], self.model_.expElogbeta, self.model_.alpha,
+                                        self.iterations, self.model_.gamma_threshold)
+        return out
+
+    def transform(self, news: pd.DataFrame) -> pd.DataFrame:
+        """Mean topic mixture and count of known texts per (ticker, session); sessions whose texts have no
+        known word get no row (like texts with no tone in ``signals.lexicon``)."""
+        self._check_fitted()
+        if news.empty:
+            return empty_signals(list(self.columns))
+        texts = news["text"].fillna("").astype(str)
+        distinct = pd.Index(pd.unique(texts))  # each distinct text is inferred once
+        per_text = self.mixtures(distinct)
+        items = pd.DataFrame(per_text[distinct.get_indexer(texts)], columns=self.topic_columns)
+        items["ticker"] = news["ticker"].to_numpy()
+        items["session"] = news["session"].array
+        items = items.dropna(subset=self.topic_columns[:1])
+        if items.empty:
+            return empty_signals(list(self.columns))
+        grouped = items.groupby(["ticker", "session"], sort=True)
+        frame = grouped[self.topic_columns].mean()
+        frame["topics_count"] = grouped.size().astype("float64")
+        return canonical_signals(frame)
+
+    def top_words(self, n: int = 8) -> dict[int, list[str]]:
+        """The ``n`` most probable words of each topic.
+
+        >>> model.top_words(5)  # {0: ['oil', 'prices', ...], 1: [...], ...}
+        """
+        self._check_fitted()
+        return {k: [word for word, _ in self.model_.show_topic(k, topn=n)] for k in range(self.num_topics)}
+
+    def describe(self) -> dict[str, Any]:
+        """What reports show about the fitted model: ``{"top_words": top_words()}``."""
+        return {"top_words": self.top_words()}
