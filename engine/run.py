@@ -146,7 +146,8 @@ def topic_frames(cfg: DictConfig, aligned: pd.DataFrame, windows: list, cache: S
     params = {k: v for k, v in OmegaConf.to_container(cfg.signals.topics, resolve=True).items() if k != "enabled"}
     fitted = windowed_provider(lambda: TopicModel(**params), aligned, windows, cache)
     words = pd.DataFrame(
-        [{"window_start": window.test_start.date().isoformat(), "topic": int(topic), "words": text}
+        [{"window_start": window.test_start.date().isoformat(), "topic": int(topic),
+          "words": text if isinstance(text, str) else " ".join(text)}
          for window in windows for topic, text in fitted[window.index][1].get("top_words", {}).items()]
     )
     return {index: frame for index, (frame, _) in fitted.items()}, words

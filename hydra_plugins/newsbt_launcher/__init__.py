@@ -1,0 +1,1 @@
+"""Hydra launcher plugin for newsbt sweeps (the work is done in ``engine.grid``)."""
