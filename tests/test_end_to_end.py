@@ -81,9 +81,15 @@ def write_dataset(folder: Path, n_sessions=360, seed=3):
     closes = opens * (1 + moves * 0.5)
     pd.DataFrame({"date": dates.strftime("%Y-%m-%d"), "open": opens, "high": np.maximum(opens, closes) * 1.002,
                   "low": np.minimum(opens, closes) * 0.998, "close": closes, "volume": 1000}).to_csv(folder / "prices.csv", index=False)
-    texts = [GOOD if t > 0 else BAD for t in tone]
-    # Published at 08:00 New York time on each session's own date, before its open.
-    stamps = [f"{d:%Y-%m-%d} 08:00:00-05:00" for d in dates]
+    fillers = ["oil", "bank", "chip", "retail", "energy", "court", "merger", "factory", "consumer", "rates",
+               "china", "europe", "software", "airline", "pharma", "mining"]
+    stamps, texts = [], []
+    for day, sign in zip(dates, tone):
+        # Two items at 08:00 New York time on each session's own date (before its open): the toned one and
+        # a neutral one, each with topical filler words.
+        for lead, minute in ((GOOD if sign > 0 else BAD, "00"), ("market report", "05")):
+            stamps.append(f"{day:%Y-%m-%d} 08:{minute}:00-05:00")
+            texts.append(" ".join([lead, *rng.choice(fillers, size=3, replace=False)]))
     pd.DataFrame({"timestamp": stamps, "text": texts}).to_csv(folder / "news.csv", index=False)
     return dates
 
@@ -94,7 +100,7 @@ def compose_cfg(folder: Path, *overrides):
             "data=csv", f"data.prices.path={folder}/prices.csv", "data.prices.ticker=PLANT",
             f"data.news.path={folder}/news.csv", "signals.sentiment=lexicon", "report.enabled=false",
             f"paths.cache={folder}/cache", "walk_forward.train_sessions=120", "walk_forward.step_sessions=60",
-            "signals.topics.num_topics=2", "signals.topics.passes=1", *overrides])
+            "signals.topics.num_topics=3", "signals.topics.passes=1", "signals.topics.no_below=2", *overrides])
 
 
 RULES = [
