@@ -323,6 +323,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    logging.getLogger("gensim").setLevel(logging.WARNING)  # its INFO lines drown the run's own output
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = run(cfg, run_dir)

@@ -92,7 +92,7 @@ def windowed_provider(
     """
     out = {}
     sessions = pd.DatetimeIndex(aligned["session"])
-    for window in tqdm(windows, desc="walk-forward fits", disable=not progress, leave=False):
+    for window in tqdm(windows, desc="walk-forward fits", disable=None if progress else True, leave=False):
         past = aligned[(sessions >= window.train_start) & (sessions < window.test_start)]
         span = aligned[(sessions >= window.train_start) & (sessions <= window.test_end)]
         provider = factory()
@@ -144,7 +144,7 @@ def walk_forward(
     """
     features = canonical_signals(features)
     exposures, out_of_sample, learned, in_sample_sharpes = [], [], [], []
-    for window in tqdm(windows, desc="walk-forward", disable=not progress, leave=False):
+    for window in tqdm(windows, desc="walk-forward", disable=None if progress else True, leave=False):
         frame = window_rows(features, window)
         if provider_frames is not None:
             frame = frame.join(canonical_signals(provider_frames[window.index]), how="left")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from engine.errors import ConfigError
 
@@ -106,7 +107,10 @@ class RegimeModel:
         self.scale_ = np.where(std > 0, std, 1.0)
         try:
             kmeans = KMeans(n_clusters=int(self.n_regimes), n_init=self.n_init, random_state=int(self.random_state))
-            kmeans.fit(self._standardise(values))
+            # One thread: these fits are small, OpenMP threads on busy cores made them 200x slower, and a
+            # fixed thread count keeps the sums (so the labels) identical on any machine and worker count.
+            with threadpool_limits(limits=1):
+                kmeans.fit(self._standardise(values))
         except (TypeError, ValueError) as error:
             raise ConfigError(f"signals.regimes: k-means rejected the settings ({error})") from None
         self.kmeans_ = kmeans
@@ -125,7 +129,8 @@ class RegimeModel:
             raise RuntimeError("RegimeModel: call fit before transform")
         if len(features) == 0:
             return pd.Series([], index=features.index, dtype="float64", name="regime")
-        labels = self.kmeans_.predict(self._standardise(_matrix(features, self.columns_)))
+        with threadpool_limits(limits=1):
+            labels = self.kmeans_.predict(self._standardise(_matrix(features, self.columns_)))
         return pd.Series(self.label_map_[labels].astype("float64"), index=features.index, name="regime")
 
     def regime_map(self) -> pd.DataFrame:
