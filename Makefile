@@ -9,7 +9,10 @@ STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 ARGS ?=
 
-.PHONY: install run test bench clean-cache
+# The 40-run grid of the README: 4 thresholds x 5 ridge penalties x 2 training lengths, regression on djia.
+SWEEP ?= strategy=regression strategy.threshold=0,0.0005,0.001,0.002 strategy.alpha=1,10,100,1000,10000 walk_forward.train_sessions=252,504
+
+.PHONY: install run test sweep bench clean-cache
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,12 +24,17 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: install
-	$(PY) -m engine.run strategy=sentiment $(ARGS)
+	$(PY) -m engine.run strategy=cluster $(ARGS)
 
 test: install
 	$(PY) -m pytest $(ARGS)
 
+sweep: install
+	$(PY) -m engine.run -m $(SWEEP) $(ARGS)
+
 bench: install
+	$(PY) bench/backtest.py
+	$(PY) bench/grid.py
 	$(PY) bench/sentiment.py
 
 clean-cache:

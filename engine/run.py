@@ -63,7 +63,7 @@ def make_sentiment_provider(cfg: DictConfig, roots: list[Path]) -> SignalProvide
         from signals.transformer import TransformerSentiment
 
         settings = cfg.signals.transformer
-        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, roots=roots)
+        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, data_roots=roots)
         return TransformerSentiment(
             model_dir=model_dir,
             cache_root=project_path(cfg.paths.cache),
