@@ -24,7 +24,13 @@ def provider_signals(provider: SignalProvider, aligned: pd.DataFrame, cache: Sig
     """
     key = {"provider": provider.name, "params": provider.params(),
            "news": fingerprint(aligned[["ticker", "session", "text"]])}
-    return cache.get_or_compute(provider.name, key, lambda: provider.transform(aligned))
+    def compute() -> pd.DataFrame:
+        frame = provider.transform(aligned)
+        # The provider's counts (texts scored, empty, truncated...) travel with the cached frame.
+        frame.attrs = {"stats": dict(getattr(provider, "stats_", {}) or {})}
+        return frame
+
+    return cache.get_or_compute(provider.name, key, compute)
 
 
 def assemble_features(prices: pd.DataFrame, signal_frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -120,6 +120,7 @@ class Inputs:
     provider: SignalProvider
     features: pd.DataFrame
     cache: SignalCache
+    sentiment_stats: dict  # the provider's text counts when it scored them (kept in the signal cache)
 
 
 def build_inputs(cfg: DictConfig) -> Inputs:
@@ -130,7 +131,8 @@ def build_inputs(cfg: DictConfig) -> Inputs:
     aligned = align_news(dataset.news, dataset.prices, cfg.latency_minutes)
     provider = make_sentiment_provider(cfg, roots)
     sentiment = provider_signals(provider, aligned, cache)
-    return Inputs(dataset, aligned, provider, assemble_features(dataset.prices, [sentiment]), cache)
+    stats = dict(sentiment.attrs.get("stats", {}))
+    return Inputs(dataset, aligned, provider, assemble_features(dataset.prices, [sentiment]), cache, stats)
 
 
 def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
@@ -256,7 +258,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         sessions_var_limited=int(sum(scale < 1 for scale in result.var_scales)),
     )
     metrics.update(in_out_of_sample_sharpe(cfg, decisions, returns, metrics))
-    metrics.update(getattr(provider, "stats_", {}) or {})
+    metrics.update({f"sentiment_{key}": value for key, value in inputs.sentiment_stats.items()})
     signals_out = features[keep].assign(exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
     extra_files: dict[str, pd.DataFrame] = {}
     if decisions.out_of_sample is not None and len(decisions.out_of_sample):
@@ -333,6 +335,10 @@ def main(cfg: DictConfig) -> None:
             shutil.rmtree(run_dir, ignore_errors=True)  # a failed run leaves no folder behind
         sys.exit(2)
     print(summary_line(metrics))
+    if "sentiment_texts" in metrics:
+        print(f"texts: {metrics['sentiment_texts']} aligned, {metrics.get('sentiment_unique_texts')} distinct, "
+              f"{metrics.get('sentiment_empty', 0)} empty, {metrics.get('sentiment_truncated', 0)} truncated, "
+              f"{metrics.get('sentiment_undecodable', 0)} undecodable")
     print(f"report: {run_dir / 'report.html'}")
 
 
