@@ -185,7 +185,8 @@ def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
 
         regime_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.regimes, resolve=True).items() if k != "enabled"}
         regime_factory = lambda: RegimeModel(**regime_params)  # noqa: E731
-    result = walk_forward(features, windows, lambda: make_rule(cfg.strategy), provider_frames, regime_factory)
+    result = walk_forward(features, windows, lambda: make_rule(cfg.strategy), provider_frames, regime_factory,
+                          cache=inputs.cache)
     weights = apply_risk(to_weights(result.exposure), features, risk)
     return Decisions(result.exposure, weights, windows[0].test_start, result.out_of_sample, result.learned,
                      topic_words, result.in_sample_sharpe)

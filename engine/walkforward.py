@@ -137,6 +137,7 @@ def walk_forward(
     provider_frames: dict[int, pd.DataFrame] | None = None,
     regime_factory: Callable[[], object] | None = None,
     progress: bool = True,
+    cache: SignalCache | None = None,
 ) -> WalkForwardResult:
     """Fit and apply the learned stack window by window (see the module docstring); return the decisions.
 
@@ -150,8 +151,7 @@ def walk_forward(
             frame = frame.join(canonical_signals(provider_frames[window.index]), how="left")
         extra = []
         if regime_factory is not None:
-            regimes = regime_factory().fit(training_rows(frame, window))
-            frame = frame.assign(regime=regimes.transform(frame).to_numpy())
+            frame = frame.assign(regime=window_regimes(regime_factory, frame, window, cache).to_numpy())
             extra.append("regime")
         history = training_rows(frame, window)
         rule = rule_factory().fit(history)
@@ -174,6 +174,22 @@ def walk_forward(
         windows=windows,
         in_sample_sharpe=float(np.nanmean(in_sample_sharpes)) if np.isfinite(in_sample_sharpes).any() else None,
     )
+
+
+def window_regimes(regime_factory: Callable[[], object], frame: pd.DataFrame, window: Window,
+                   cache: SignalCache | None) -> pd.Series:
+    """Regime labels of ``frame``'s rows from a model fitted on the window's training rows (cached on disk)."""
+    model = regime_factory()
+
+    def compute() -> pd.DataFrame:
+        return model.fit(training_rows(frame, window)).transform(frame).to_frame("regime")
+
+    if cache is None:
+        return compute()["regime"]
+    key = {"provider": "regimes", "params": model.params(),
+           "window": [str(window.train_start), str(window.test_start), str(window.test_end)],
+           "rows": fingerprint(frame)}
+    return cache.get_or_compute("regimes-window", key, compute)["regime"]
 
 
 def in_sample_sharpe(rule: Rule, history: pd.DataFrame, periods_per_year: int = 252) -> float:
