@@ -47,5 +47,11 @@ class ClusterRule(Rule):
         exposure = features["regime"].map(positions).fillna(0.0)
         return pd.Series(exposure.to_numpy(dtype="float64"), index=features.index, name="exposure")
 
+    def prediction(self, features: pd.DataFrame) -> pd.Series:
+        """The forecast the rule implies: each row's regime's mean forward return in training (0 if unseen)."""
+        means = dict(zip(self.regime_map_["regime"], self.regime_map_["mean_return"]))
+        forecast = features["regime"].map(means).fillna(0.0)
+        return pd.Series(forecast.to_numpy(dtype="float64"), index=features.index, name="prediction")
+
     def learned_summary(self) -> pd.DataFrame:
         return self.regime_map_[["regime", "mean_return", "t_stat", "count", "position"]]

@@ -109,3 +109,20 @@ def test_regression_beats_buy_and_hold_on_a_planted_signal_and_not_on_noise():
     edge = daily_returns(noise[test], result.exposure[test]) - daily_returns(noise[test], pd.Series(1.0, index=noise[test].index))
     t_stat = edge.mean() / edge.std() * np.sqrt(len(edge))
     assert abs(t_stat) < 2.0  # no significant edge over buy-and-hold at the 5% level
+
+
+def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
+    from strategies.cluster import ClusterRule
+
+    index = pd.MultiIndex.from_product([["A"], pd.date_range("2020-01-01", periods=8, tz="UTC")],
+                                       names=["ticker", "session"])
+    history = pd.DataFrame({"regime": [0, 0, 0, 0, 1, 1, 1, 1.0],
+                            "forward_return": [0.01, 0.02, 0.01, 0.02, -0.01, 0.01, -0.01, 0.01]}, index=index)
+    rule = ClusterRule(min_t_stat=2.0, min_count=3, allow_short=False).fit(history)
+    table = rule.learned_summary().set_index("regime")
+    # Regime 0: mean 0.015, sample std 0.005774, t = 0.015 / (0.005774 / 2) = 5.196; regime 1: mean 0, t = 0.
+    assert table.loc[0, "t_stat"] == pytest.approx(0.015 / (np.std([0.01, 0.02, 0.01, 0.02], ddof=1) / 2))
+    assert table["position"].tolist() == [1.0, 0.0]
+    window = pd.DataFrame({"regime": [1.0, 0.0, 2.0]}, index=index[:3])
+    assert rule.target(window).tolist() == [0.0, 1.0, 0.0]  # an unseen regime stays flat
+    assert rule.prediction(window).tolist() == pytest.approx([0.0, 0.015, 0.0])
