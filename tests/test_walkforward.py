@@ -28,14 +28,14 @@ def test_bad_windows_name_the_key(train, step, mode, key):
         make_windows(SESSIONS, train, step, mode)
 
 
-def planted_features(n_sessions=1500, strength=0.004, seed=7, tickers=("A",)):
+def planted_features(n_sessions=1500, strength=0.004, seed=7, tickers=("A",), drift=0.0003):
     """Features whose ``signal`` predicts the next open-to-open return with the given strength (0: noise)."""
     rng = np.random.default_rng(seed)
     frames = []
     sessions = pd.bdate_range("2010-01-04", periods=n_sessions).tz_localize("UTC") + pd.Timedelta(hours=14, minutes=30)
     for ticker in tickers:
         signal = rng.standard_normal(n_sessions)
-        forward = strength * signal + 0.01 * rng.standard_normal(n_sessions) + 0.0003
+        forward = strength * signal + 0.01 * rng.standard_normal(n_sessions) + drift
         opens = 100 * np.concatenate([[1.0], np.cumprod(1 + forward[:-1])])
         closes = opens * (1 + 0.002 * rng.standard_normal(n_sessions))
         frames.append(pd.DataFrame({
@@ -104,11 +104,22 @@ def test_regression_beats_buy_and_hold_on_a_planted_signal_and_not_on_noise():
     hold = daily_returns(oos, pd.Series(1.0, index=oos.index))
     assert sharpe(strategy) > sharpe(hold) + 1.0
 
-    noise = planted_features(strength=0.0, seed=11)
-    result = regression_exposure(noise, windows)
-    edge = daily_returns(noise[test], result.exposure[test]) - daily_returns(noise[test], pd.Series(1.0, index=noise[test].index))
-    t_stat = edge.mean() / edge.std() * np.sqrt(len(edge))
-    assert abs(t_stat) < 2.0  # no significant edge over buy-and-hold at the 5% level
+    noise = planted_features(strength=0.0, seed=11, drift=0.0)
+    assert_no_significant_edge(noise[test], regression_exposure(noise, windows).exposure[test])
+
+
+def t_statistic(returns):
+    """t of the mean daily return; a strategy that stays flat throughout has none (0)."""
+    spread = returns.std()
+    return 0.0 if spread == 0 else returns.mean() / spread * np.sqrt(len(returns))
+
+
+def assert_no_significant_edge(features, exposure):
+    """Neither the strategy's own mean return nor its excess over buy-and-hold is significant at 5%."""
+    strategy = daily_returns(features, exposure)
+    hold = daily_returns(features, pd.Series(1.0, index=features.index))
+    assert abs(t_statistic(strategy)) < 2.0
+    assert abs(t_statistic(strategy - hold)) < 2.0
 
 
 def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
@@ -126,3 +137,24 @@ def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
     window = pd.DataFrame({"regime": [1.0, 0.0, 2.0]}, index=index[:3])
     assert rule.target(window).tolist() == [0.0, 1.0, 0.0]  # an unseen regime stays flat
     assert rule.prediction(window).tolist() == pytest.approx([0.0, 0.015, 0.0])
+
+
+def cluster_exposure(features, windows):
+    from signals.regimes import RegimeModel
+    from strategies.cluster import ClusterRule
+
+    return walk_forward(features, windows, lambda: ClusterRule(min_t_stat=2.0, min_count=20, allow_short=False),
+                        regime_factory=lambda: RegimeModel(2, ["signal"], 10, 0), progress=False).exposure
+
+
+def test_cluster_rule_beats_buy_and_hold_on_a_planted_regime_and_not_on_noise():
+    planted = planted_features(strength=0.004)
+    windows = make_windows(planted.index.get_level_values("session"), 500, 100, "expanding")
+    test = planted.index.get_level_values("session") >= windows[0].test_start
+    exposure = cluster_exposure(planted, windows)
+    strategy = daily_returns(planted[test], exposure[test])
+    hold = daily_returns(planted[test], pd.Series(1.0, index=planted[test].index))
+    assert sharpe(strategy) > sharpe(hold) + 1.0
+
+    noise = planted_features(strength=0.0, seed=11, drift=0.0)
+    assert_no_significant_edge(noise[test], cluster_exposure(noise, windows)[test])
