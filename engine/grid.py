@@ -63,6 +63,7 @@ def signal_key(job: dict) -> str:
 def _init_worker(threads: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    logging.getLogger("gensim").setLevel(logging.WARNING)
     try:
         import torch
 
@@ -109,14 +110,26 @@ def execute_run(job: dict, run_dir: str) -> dict:
 
 # --- executors -------------------------------------------------------------------------------------------------
 
-def _local_map(function: Callable, calls: list[tuple], workers: int) -> Iterator[tuple[int, Any]]:
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # no fork after torch/duckdb threads exist
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(function, *args): number for number, args in enumerate(calls)}
+class LocalPool:
+    """A pool of ``workers`` spawned processes for one sweep (both its phases share the same workers)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def __enter__(self) -> "LocalPool":
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        context = multiprocessing.get_context("spawn")  # no fork after torch/duckdb threads exist
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker,
+                                        initargs=(threads,))
+        return self
+
+    def map(self, function: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
+        futures = {self.pool.submit(function, *args): number for number, args in enumerate(calls)}
         for future in as_completed(futures):
             yield futures[future], future.result()
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class RaySession:
@@ -284,11 +297,10 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
           f"({backend}, {workers} workers)", flush=True)
 
     cache_counts: Counter = Counter()
-    executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else None
+    executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else LocalPool(workers)
     try:
-        if executor is not None:
-            executor.__enter__()
-        mapper = executor.map if executor is not None else (lambda f, calls: _local_map(f, calls, workers))
+        executor.__enter__()
+        mapper = executor.map
         # 1. Each distinct signal config once, so no two runs ever compute the same signals.
         distinct: dict[str, dict] = {}
         for job in pending:
@@ -314,8 +326,7 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
             raise NewsbtError(f"a sweep worker died; finished runs are saved in {store.path}: "
                               "run the same command again to resume") from None
     finally:
-        if executor is not None:
-            executor.__exit__(None, None, None)
+        executor.__exit__(None, None, None)
         if backend == "ray":
             shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
 

@@ -19,6 +19,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -129,12 +130,19 @@ class Inputs:
     sentiment_stats: dict  # the provider's text counts when it scored them (kept in the signal cache)
 
 
+@lru_cache(maxsize=4)
+def _aligned_dataset(data_json: str, roots: tuple[Path, ...], latency_minutes: float):
+    """Load and align once per process: the runs of a sweep in one worker share their data config."""
+    dataset = load_dataset(json.loads(data_json), list(roots))
+    return dataset, align_news(dataset.news, dataset.prices, latency_minutes)
+
+
 def build_inputs(cfg: DictConfig) -> Inputs:
     """Load the data, align the news and compute (or read from the cache) the sentiment features."""
     roots = [project_path(root) for root in cfg.paths.roots]
     cache = SignalCache(project_path(cfg.paths.cache))
-    dataset = load_dataset(cfg.data, roots)
-    aligned = align_news(dataset.news, dataset.prices, cfg.latency_minutes)
+    data_json = json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True)
+    dataset, aligned = _aligned_dataset(data_json, tuple(roots), cfg.latency_minutes)
     provider = make_sentiment_provider(cfg, roots)
     sentiment = provider_signals(provider, aligned, cache)
     stats = dict(sentiment.attrs.get("stats", {}))

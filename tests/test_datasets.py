@@ -26,6 +26,7 @@ needs_stocknet = pytest.mark.skipif(not STOCKNET_DIR.is_dir(), reason=f"real dat
 def data_config(dataset: str, **overrides) -> dict:
     """The shipped conf/data/<dataset>.yaml (defaults live there only) with ``overrides``."""
     config = yaml.safe_load((REPO / "conf" / "data" / f"{dataset}.yaml").read_text())
+    config = config.get("data", config)  # a global-package file nests the data keys under `data:`
     config.update(overrides)
     return config
 
