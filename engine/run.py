@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.align import align_news
 from engine.backtest import run_backtest
-from engine.cache import CACHE_STATS, SignalCache
+from engine.cache import SignalCache
 from engine.datasets import load_dataset
 from engine.errors import ConfigError, NewsbtError
 from engine.features import assemble_features, provider_signals
@@ -231,7 +231,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     inputs = build_inputs(cfg)
-    dataset, aligned, provider, features = inputs.dataset, inputs.aligned, inputs.provider, inputs.features
+    dataset, aligned, features = inputs.dataset, inputs.aligned, inputs.features
     decisions = decide(cfg, inputs)
 
     # Learned rules trade from their first out-of-sample session; the session before it primes the feeds

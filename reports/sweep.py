@@ -21,7 +21,7 @@ from scipy import stats
 
 from engine.errors import ConfigError, DataError
 from reports import _plots
-from reports.tearsheet import _integer, _number, _percent, _table, _write_text_atomic
+from reports._html import _integer, _number, _percent, _table, _write_text_atomic
 
 # The results' Sharpe columns are annualised with this many daily returns a year (reports.metrics' default);
 # the deflated Sharpe ratio works in daily units, so they are divided by its square root first.

@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import html
 import logging
-import math
-import os
 import re
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -21,6 +18,7 @@ import yaml
 
 from engine.errors import DataError
 from reports import _plots
+from reports._html import _date, _integer, _number, _percent, _table, _write_text_atomic
 from reports.metrics import drawdown_periods, forecast_metrics, information_coefficients, performance_metrics, signal_columns
 
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -115,53 +113,6 @@ def _default_title(run_dir: Path) -> str:
     if strategy and dataset:
         return f"{strategy} on {dataset}"
     return strategy or dataset or run_dir.name
-
-
-# ---------------------------------------------------------------- formatting and HTML tables
-
-
-def _percent(value: Any) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{value:.2%}"
-
-
-def _number(digits: int) -> Callable[[Any], str]:
-    def format_number(value: Any) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return "–"
-        if isinstance(value, float) and math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return f"{value:.{digits}f}"
-
-    return format_number
-
-
-def _integer(value: Any) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else str(int(value))
-
-
-def _date(value: Any) -> str:
-    return pd.Timestamp(value).strftime("%Y-%m-%d") if value is not None and not pd.isna(value) else "–"
-
-
-def _plain_text(value: Any) -> str:
-    return "–" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
-
-
-def _table(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None, index: bool = True) -> str:
-    """An HTML table of ``frame``; every header, index label and cell is escaped."""
-    formats = formats or {}
-    head = ([html.escape(str(frame.index.name or ""))] if index else []) + [html.escape(str(c)) for c in frame.columns]
-    lines = ["<table>", "<thead><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead>", "<tbody>"]
-    # Column by column, so an integer column stays integer (a row would upcast it to float).
-    texts = [
-        [formats[column](v) if column in formats else _plain_text(v) for v in frame[column].tolist()]
-        for column in frame.columns
-    ]
-    for position, label in enumerate(frame.index):
-        cells = ([str(label)] if index else []) + [column[position] for column in texts]
-        lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    lines.append("</tbody></table>")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- sections
@@ -401,16 +352,6 @@ def _compose(quantstats_html: str | None, note: str, section: str, title: str) -
     if insert_at < 0:
         return document + note_html + section
     return document[:insert_at] + note_html + "\n" + section + "\n" + document[insert_at:]
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def write_tearsheet(run_dir: Path, title: str | None = None) -> Path:

@@ -1,12 +1,10 @@
 """Sweeps: identical results for 1 worker, 2 workers and Ray; resume after a crash; a failing run is isolated;
 one summary row per run; signals computed once per distinct signal config."""
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import duckdb
 import pandas as pd
