@@ -72,6 +72,10 @@ def _init_worker(threads: int) -> None:
         pass
 
 
+def _import_engine() -> None:
+    import engine.run  # noqa: F401 - the heavy imports every run needs
+
+
 def execute_prepare(job: dict) -> dict:
     """Compute and cache the signals of ``job`` (in a worker); return the cache counts or the error."""
     from engine.cache import CACHE_STATS
@@ -121,6 +125,9 @@ class LocalPool:
         context = multiprocessing.get_context("spawn")  # no fork after torch/duckdb threads exist
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker,
                                         initargs=(threads,))
+        # Start every worker now: their imports overlap with composing the sweep's configs.
+        for _ in range(self.workers):
+            self.pool.submit(_import_engine)
         return self
 
     def map(self, function: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
@@ -279,7 +286,19 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(sweep_dir)
+    executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else LocalPool(workers)
+    executor.__enter__()
+    try:
+        return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric,
+                          heatmap, sweep_dir, store, executor)
+    finally:
+        executor.__exit__(None, None, None)
+        if backend == "ray":
+            shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
 
+
+def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric, heatmap, sweep_dir,
+               store, executor):
     jobs = []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
@@ -297,38 +316,31 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
           f"({backend}, {workers} workers)", flush=True)
 
     cache_counts: Counter = Counter()
-    executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else LocalPool(workers)
+    # 1. Each distinct signal config once, so no two runs ever compute the same signals. A config whose
+    # signals fail is reported here; its runs then fail with the same error, recorded per run.
+    distinct: dict[str, dict] = {}
+    for job in pending:
+        distinct.setdefault(signal_key(job["job"]), job["job"])
+    for _, outcome in executor.map(execute_prepare, [(job,) for job in distinct.values()]):
+        cache_counts.update(outcome["cache"])
+        if outcome["error"]:
+            print(f"  signals could not be prepared: {outcome['error'].splitlines()[0]}", flush=True)
+    # 2. The runs, each stored as soon as it ends.
+    failed = 0
     try:
-        executor.__enter__()
-        mapper = executor.map
-        # 1. Each distinct signal config once, so no two runs ever compute the same signals.
-        distinct: dict[str, dict] = {}
-        for job in pending:
-            distinct.setdefault(signal_key(job["job"]), job["job"])
-        prepare_errors = {}
-        keys = list(distinct)
-        for index, outcome in mapper(execute_prepare, [(distinct[key],) for key in keys]):
+        for index, outcome in executor.map(execute_run, [(job["job"], job["run_dir"]) for job in pending]):
+            job = pending[index]
+            overrides = " ".join(filter_overrides(job["overrides"]))
             cache_counts.update(outcome["cache"])
-            if outcome["error"]:
-                prepare_errors[keys[index]] = outcome["error"]
-        # 2. The runs, each stored as soon as it ends.
-        failed = 0
-        calls = [(job["job"], job["run_dir"]) for job in pending]
-        try:
-            for index, outcome in mapper(execute_run, calls):
-                job = pending[index]
-                cache_counts.update(outcome["cache"])
-                store.write(job["run_id"], job["params"], " ".join(filter_overrides(job["overrides"])), job["run_dir"], outcome)
-                failed += outcome["status"] != "ok"
-                state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
-                print(f"  run {job['number']} [{job['run_id']}] {' '.join(filter_overrides(job['overrides']))}: {state}", flush=True)
-        except BrokenProcessPool:
-            raise NewsbtError(f"a sweep worker died; finished runs are saved in {store.path}: "
-                              "run the same command again to resume") from None
-    finally:
-        executor.__exit__(None, None, None)
-        if backend == "ray":
-            shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
+            store.write(job["run_id"], job["params"], overrides, job["run_dir"], outcome)
+            failed += outcome["status"] != "ok"
+            state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
+            print(f"  run {job['number']} [{job['run_id']}] {overrides}: {state}", flush=True)
+    except BrokenProcessPool:
+        raise NewsbtError(f"a sweep worker died; finished runs are saved in {store.path}: "
+                          "run the same command again to resume") from None
+    if failed:
+        print(f"{failed} of {len(pending)} runs failed; their errors are in {store.path} and the summary", flush=True)
 
     results = store.frame([job["run_id"] for job in jobs])
     store.close()
