@@ -229,3 +229,16 @@ def test_default_fast_mode_agrees_with_fp32_on_real_model(tmp_path):
     columns = ["negative", "neutral", "positive"]
     agreement = (fp32[columns].to_numpy().argmax(1) == fast[columns].to_numpy().argmax(1)).mean()
     assert agreement >= 0.99
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_texts_score_does_not_depend_on_the_texts_scored_with_it(tiny_dir, tmp_path, precision):
+    # The text cache stores each score once; a score must not depend on its batch mates, or a run's numbers
+    # would depend on which runs came before it.
+    texts = _phrasebank_slice()["sentence"].head(300).tolist()
+    model, tokenizer = load_classifier(tiny_dir)
+    scorer = _Scorer(model, tokenizer, torch.device("cpu"), precision, 32)
+    everything = scorer.score(texts, batch_size=16)
+    subset = scorer.score(texts[50:137:3], batch_size=16)
+    assert subset[["negative", "neutral", "positive"]].to_numpy().tobytes() == \
+        everything.iloc[50:137:3][["negative", "neutral", "positive"]].to_numpy().tobytes()
