@@ -364,7 +364,8 @@ class TransformerSentiment(SignalProvider):
         """What changes the output: the model's weights, the precision asked for and the token limit."""
         folder = Path(self.model_dir)
         model = model_fingerprint(folder) if (folder / "config.json").is_file() else str(folder)
-        return {"model": model, "precision": self.precision, "max_length": self.max_length, "scoring": _CACHE_VERSION}
+        return {"model": model, "precision": self.precision, "max_length": self.max_length,
+                "batch_size": self.batch_size, "scoring": _CACHE_VERSION}
 
     # -- configuration checks and resolution -------------------------------------------------------------
     def _check(self) -> None:
@@ -467,7 +468,8 @@ class TransformerSentiment(SignalProvider):
         threads = self.threads or len(os.sched_getaffinity(0))
         mode, self.agreement_ = self._resolve_mode(model, tokenizer, device, model_fp, texts, threads)
         self.precision_, self.device_ = mode, device.type
-        key = fingerprint(_CACHE_VERSION, model_fp, mode, device.type, self.max_length)
+        # The batch size fixes the batch shapes, and so the last bits of every score: part of the key.
+        key = fingerprint(_CACHE_VERSION, model_fp, mode, device.type, self.max_length, self.batch_size)
         cache = TextScoreCache(self.cache_root, key)
         known = cache.lookup(hashes)
         missing = ~hashes.isin(known.index)
