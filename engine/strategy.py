@@ -44,6 +44,19 @@ class Rule:
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
 
 
+def threshold_exposure(score: pd.Series, threshold: float, allow_short: bool) -> pd.Series:
+    """1 where ``score`` exceeds ``threshold``, -1 where it is below ``-threshold`` (when ``allow_short``),
+    else 0 (NaN scores too).
+
+    >>> threshold_exposure(predicted_return, 0.001, allow_short=True)
+    """
+    values = score.to_numpy(dtype="float64")
+    exposure = np.where(values > threshold, 1.0, 0.0)
+    if allow_short:
+        exposure = np.where(values < -threshold, -1.0, exposure)
+    return pd.Series(exposure, index=score.index, name="exposure")
+
+
 def to_weights(exposure: pd.Series) -> pd.Series:
     """Portfolio weights from exposures: each session's capital is split equally among the instruments with a
     non-zero exposure (a weight is exposure / number active); NaN exposures stay NaN (hold).

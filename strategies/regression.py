@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from engine.errors import ConfigError
-from engine.strategy import Rule, resolve_columns
+from engine.strategy import Rule, resolve_columns, threshold_exposure
 
 
 class RegressionRule(Rule):
@@ -63,11 +63,7 @@ class RegressionRule(Rule):
         return pd.Series(values, index=features.index, name="prediction")
 
     def target(self, features: pd.DataFrame) -> pd.Series:
-        predicted = self.prediction(features).to_numpy()
-        exposure = np.where(predicted > self.threshold, 1.0, 0.0)
-        if self.allow_short:
-            exposure = np.where(predicted < -self.threshold, -1.0, exposure)
-        return pd.Series(exposure, index=features.index, name="exposure")
+        return threshold_exposure(self.prediction(features), self.threshold, self.allow_short)
 
     def learned_summary(self) -> pd.DataFrame | None:
         if self.pipeline_ is None:

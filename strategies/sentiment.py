@@ -5,11 +5,10 @@ a trailing baseline: the mean over the ``baseline_sessions`` sessions before the
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from engine.errors import ConfigError
-from engine.strategy import Rule
+from engine.strategy import Rule, threshold_exposure
 
 
 class SentimentRule(Rule):
@@ -47,8 +46,4 @@ class SentimentRule(Rule):
         return recent - baseline
 
     def target(self, features: pd.DataFrame) -> pd.Series:
-        score = self.score(features).to_numpy()
-        exposure = np.where(score > self.threshold, 1.0, 0.0)
-        if self.allow_short:
-            exposure = np.where(score < -self.threshold, -1.0, exposure)
-        return pd.Series(exposure, index=features.index, name="exposure")
+        return threshold_exposure(self.score(features), self.threshold, self.allow_short)
