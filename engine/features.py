@@ -1,20 +1,34 @@
 """Session features: the price grid joined with every signal provider's output, through the signal cache.
 
-The result is one row per (ticker, session) — every session of every instrument, news or not — holding only
-what was known before that session's open, plus the diagnostics ``open``, ``close`` and ``forward_return``
-(see ``engine.align.session_grid``) that rules may use as training labels for past sessions only.
+``assemble_features`` returns two frames with one row per (ticker, session) — every session of every instrument,
+news or not. ``features`` holds only what was known before that session's open: it is all a rule, a regime model
+or any other learner ever reads. ``outcomes`` holds ``DIAGNOSTIC_COLUMNS`` (the session's bar and
+``forward_return``, see ``engine.align.session_grid``) for reports, and for the walk-forward, which hands
+learners ``forward_return`` as a masked training label. ``check_feature_patterns`` refuses a config that names
+a diagnostic as a feature; ``resolve_feature_columns`` turns feature patterns into column names.
 """
 from __future__ import annotations
 
+import re
+from typing import NamedTuple
+
 import pandas as pd
 
-from engine.align import session_grid
+from engine.align import DIAGNOSTIC_COLUMNS, session_grid
 from engine.cache import SignalCache, fingerprint
+from engine.errors import ConfigError, DataError
 from engine.schema import canonical_signals
 from engine.signal import SignalProvider
 
-# Columns that are not known before the session's open: never a feature of that session.
-DIAGNOSTIC_COLUMNS = ("open", "close", "forward_return")
+__all__ = ["DIAGNOSTIC_COLUMNS", "SessionFrames", "assemble_features", "check_feature_patterns",
+           "check_pre_open", "provider_signals", "resolve_feature_columns"]
+
+
+class SessionFrames(NamedTuple):
+    """``features`` (known before each session's open) and ``outcomes`` (``DIAGNOSTIC_COLUMNS``), same index."""
+
+    features: pd.DataFrame
+    outcomes: pd.DataFrame
 
 
 def provider_signals(provider: SignalProvider, aligned: pd.DataFrame, cache: SignalCache) -> pd.DataFrame:
@@ -33,15 +47,88 @@ def provider_signals(provider: SignalProvider, aligned: pd.DataFrame, cache: Sig
     return cache.get_or_compute(provider.name, key, compute)
 
 
-def assemble_features(prices: pd.DataFrame, signal_frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Join signal frames onto the full (ticker, session) grid; counts become 0 where a session had no news.
+def check_pre_open(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Return ``frame`` if none of its columns is a diagnostic (not known before the open), else raise.
 
-    >>> features = assemble_features(dataset.prices, [sentiment_frame])
+    >>> check_pre_open(topic_frame, "topics signals")
     """
-    features = canonical_signals(session_grid(prices))
-    for frame in signal_frames:
-        features = features.join(canonical_signals(frame), how="left")
+    leaked = [str(c) for c in frame.columns if c in DIAGNOSTIC_COLUMNS]
+    if leaked:
+        raise DataError(f"{what}: column {leaked[0]!r} is not known before the session's open "
+                        f"(diagnostic columns: {', '.join(DIAGNOSTIC_COLUMNS)}); it may not sit beside the features")
+    return frame
+
+
+def assemble_features(prices: pd.DataFrame, signal_frames: list[pd.DataFrame]) -> SessionFrames:
+    """Join signal frames onto the full (ticker, session) grid of pre-open features (counts become 0 where a
+    session had no news); the diagnostics come back apart, as ``outcomes``.
+
+    >>> features, outcomes = assemble_features(dataset.prices, [sentiment_frame])
+    """
+    grid = session_grid(prices)
+    features = canonical_signals(grid.features)
+    for number, frame in enumerate(signal_frames):
+        features = features.join(canonical_signals(check_pre_open(frame, f"signal frame {number}")), how="left")
     for column in features.columns:
         if column.endswith("_count"):
             features[column] = features[column].fillna(0.0)
-    return features
+    return SessionFrames(features, canonical_signals(grid.outcomes))
+
+
+def _diagnostic_error(key: str, names: list[str], pattern: str | None = None) -> ConfigError:
+    what = ", ".join(map(repr, names))
+    said = what if pattern is None else f"{pattern!r} matches only {what}, which"
+    return ConfigError(f"{key}: {said} {'is' if pattern is not None or len(names) == 1 else 'are'} not known before "
+                       f"the session's open (diagnostic columns: {', '.join(DIAGNOSTIC_COLUMNS)})")
+
+
+def check_feature_patterns(patterns, key: str) -> list[str]:
+    """Validate a config list of feature patterns (exact names, or prefixes ending in ``*``) before any work;
+    return them as strings. A diagnostic column named outright is a ConfigError naming ``key`` and the column.
+
+    >>> check_feature_patterns(cfg.strategy.features, "strategy.features")
+    """
+    if isinstance(patterns, str) or not hasattr(patterns, "__iter__"):
+        raise ConfigError(f"{key}: must be a non-empty list of column names or prefix* patterns, got {patterns!r}")
+    patterns = [str(pattern) for pattern in patterns]
+    if not patterns:
+        raise ConfigError(f"{key}: must be a non-empty list of column names or prefix* patterns, got []")
+    for pattern in patterns:
+        if pattern in DIAGNOSTIC_COLUMNS:
+            raise _diagnostic_error(key, [pattern])
+        if not pattern or "*" in pattern[:-1]:
+            raise ConfigError(f"{key}: {pattern!r} is not a column name or prefix* pattern")
+    return patterns
+
+
+def _natural_key(name: str) -> list:
+    """Sort key that puts topic_2 before topic_10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def resolve_feature_columns(patterns, columns, key: str) -> list[str]:
+    """The pre-open columns among ``columns`` that ``patterns`` select: exact names, and ``prefix*`` entries
+    expanding to every column starting with ``prefix`` (natural order: topic_2 before topic_10; ``*`` is every
+    feature); each name once, in pattern order. Diagnostic columns are never selected: a pattern that names or
+    only matches diagnostics is a ConfigError naming ``key``, and so is one that matches nothing.
+
+    >>> resolve_feature_columns(["topic_*", "volatility_20"], features.columns, "signals.regimes.features")
+    """
+    patterns = check_feature_patterns(patterns, key)
+    names = [str(c) for c in columns if c not in DIAGNOSTIC_COLUMNS]
+    resolved: list[str] = []
+    for pattern in patterns:
+        if pattern.endswith("*"):
+            prefix = pattern[:-1]
+            matches = sorted((c for c in names if c.startswith(prefix)), key=_natural_key)
+            diagnostics = [c for c in DIAGNOSTIC_COLUMNS if c.startswith(prefix)]
+            if not matches and diagnostics:
+                raise _diagnostic_error(key, diagnostics, pattern)
+            if not matches:
+                raise ConfigError(f"{key}: no feature column matches {pattern!r} (features: {', '.join(names) or 'none'})")
+        elif pattern in names:
+            matches = [pattern]
+        else:
+            raise ConfigError(f"{key}: {pattern!r} is not a feature column (features: {', '.join(names) or 'none'})")
+        resolved.extend(m for m in matches if m not in resolved)
+    return resolved

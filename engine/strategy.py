@@ -1,10 +1,12 @@
 """The strategy base: a ``Rule`` turns session features into target exposures, learned only from the past.
 
-A rule follows scikit-learn's contract: the constructor stores parameters, ``fit(history)`` learns (state in
-attributes ending in ``_``) from sessions strictly before those it will decide, ``target(features)`` returns
-an exposure per (ticker, session) in [-1, 1] (NaN: keep the current position). ``to_weights`` splits capital
-equally among the instruments with a non-zero exposure; the backtrader side (``engine.backtest``) only reads
-the resulting weight line and trades it.
+A rule follows scikit-learn's contract: the constructor stores parameters, ``fit(features, label)`` learns
+(state in attributes ending in ``_``) from sessions strictly before those it will decide, ``target(features)``
+returns an exposure per (ticker, session) in [-1, 1] (NaN: keep the current position). ``features`` only ever
+hold columns known before each session's open (``engine.features``); ``label`` is the next-session return
+(``forward_return``) of the same rows, NaN where it was not yet realised when the rule was fitted.
+``to_weights`` splits capital equally among the instruments with a non-zero exposure; the backtrader side
+(``engine.backtest``) only reads the resulting weight line and trades it.
 """
 from __future__ import annotations
 
@@ -17,14 +19,15 @@ import pandas as pd
 class Rule:
     """Base class of trading rules. ``learned`` rules are walked forward by the engine.
 
-    >>> exposure = MyRule(threshold=0.1).fit(history).target(features)
+    >>> exposure = MyRule(threshold=0.1).fit(history, label).target(features)
     """
 
     name: str = "rule"
     learned: bool = False
 
-    def fit(self, history: pd.DataFrame) -> "Rule":
-        """Learn from ``history`` (features and ``forward_return`` of sessions already closed); return self."""
+    def fit(self, features: pd.DataFrame, label: pd.Series) -> "Rule":
+        """Learn from past sessions' pre-open ``features`` and their ``label`` (the next-session return of each
+        row, NaN where not yet realised); return self."""
         return self
 
     def target(self, features: pd.DataFrame) -> pd.Series:
@@ -42,6 +45,16 @@ class Rule:
     def params(self) -> dict[str, Any]:
         """The rule's parameters (constructor arguments)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}
+
+
+def labelled_rows(features: pd.DataFrame, label: pd.Series) -> np.ndarray:
+    """Boolean mask of the rows of ``features`` whose ``label`` is known; ``label`` must share their index.
+
+    >>> known = labelled_rows(history, label)  # fit on history[known], label[known]
+    """
+    if not isinstance(label, pd.Series) or not label.index.equals(features.index):
+        raise ValueError("the label must be a Series with the same (ticker, session) index as the features")
+    return label.notna().to_numpy()
 
 
 def threshold_exposure(score: pd.Series, threshold: float, allow_short: bool) -> pd.Series:
@@ -67,22 +80,3 @@ def to_weights(exposure: pd.Series) -> pd.Series:
     active = exposure.fillna(0).ne(0).groupby(sessions).transform("sum").to_numpy()
     weights = exposure.to_numpy(dtype="float64") / np.where(active > 0, active, 1)
     return pd.Series(weights, index=exposure.index, name="weight")
-
-
-def resolve_columns(frame: pd.DataFrame, patterns: list[str], key: str) -> list[str]:
-    """Column names matching ``patterns``: exact names, or prefixes ending in ``*`` ("topic_*").
-
-    >>> resolve_columns(features, ["sentiment", "topic_*"], "strategy.features")
-    """
-    from engine.errors import ConfigError
-
-    columns: list[str] = []
-    for pattern in patterns:
-        if str(pattern).endswith("*"):
-            matched = [c for c in frame.columns if str(c).startswith(str(pattern)[:-1])]
-        else:
-            matched = [pattern] if pattern in frame.columns else []
-        if not matched:
-            raise ConfigError(f"{key}: no feature column matches {pattern!r} (available: {', '.join(map(str, frame.columns))})")
-        columns.extend(c for c in matched if c not in columns)
-    return columns

@@ -1,8 +1,9 @@
 """Walk-forward learning: one scheme of windows shared by every learned part (LDA, KMeans, the rules).
 
-For each window the learned parts are fitted on sessions strictly before ``test_start`` (labels masked unless
-the next open, which realises them, is also before ``test_start``), then decide the window's sessions.
-Fitted providers are cached per window, so a sweep over rule parameters never refits them.
+For each window the learned parts are fitted on sessions strictly before ``test_start``, then decide the window's
+sessions. Learners read only pre-open features (``engine.features``); a rule gets the label (``forward_return``,
+from the outcomes frame) as a separate Series, masked unless the next open, which realises it, is also before
+``test_start``. Fitted providers are cached per window, so a sweep over rule parameters never refits them.
 """
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from engine.cache import SignalCache, fingerprint
+from engine.config import WalkForward, check_section
 from engine.errors import ConfigError
+from engine.features import check_pre_open
 from engine.schema import canonical_signals
 from engine.signal import SignalProvider
 from engine.strategy import Rule, to_weights
@@ -37,11 +40,8 @@ def make_windows(sessions: pd.DatetimeIndex, train_sessions: int, step_sessions:
 
     >>> make_windows(sessions, train_sessions=500, step_sessions=63, mode="expanding")
     """
-    for key, value in (("walk_forward.train_sessions", train_sessions), ("walk_forward.step_sessions", step_sessions)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{key}: must be a positive integer, got {value!r}")
-    if mode not in ("expanding", "rolling"):
-        raise ConfigError(f"walk_forward.mode: must be 'expanding' or 'rolling', got {mode!r}")
+    check_section(WalkForward, {"train_sessions": train_sessions, "step_sessions": step_sessions, "mode": mode},
+                  "walk_forward")
     sessions = pd.DatetimeIndex(sessions).unique().sort_values()
     if train_sessions >= len(sessions):
         raise ConfigError(
@@ -60,19 +60,26 @@ def sessions_of(frame: pd.DataFrame) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(frame.index.get_level_values("session"))
 
 
-def training_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
-    """The rows a learner may see for ``window``: sessions in [train_start, test_start), with
-    ``forward_return`` masked where it is realised at or after ``test_start``'s open.
+def past_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
+    """The rows a learner may see for ``window``: sessions in [train_start, test_start).
 
-    >>> history = training_rows(features, window)
+    >>> history = past_rows(features, window)
     """
     sessions = sessions_of(features)
-    history = features[(sessions >= window.train_start) & (sessions < window.test_start)].copy()
-    if "forward_return" in history:
-        next_session = pd.Series(sessions_of(history), index=history.index).groupby(level="ticker").shift(-1)
-        realised = next_session.notna() & (next_session < window.test_start)
-        history.loc[~realised.to_numpy(), "forward_return"] = np.nan
-    return history
+    return features[(sessions >= window.train_start) & (sessions < window.test_start)]
+
+
+def training_rows(features: pd.DataFrame, label: pd.Series, window: Window) -> tuple[pd.DataFrame, pd.Series]:
+    """What a rule is fitted on for ``window``: ``past_rows`` of the (pre-open) ``features``, and ``label``
+    (indexed like ``features``) on the same rows, NaN where it is realised at or after ``test_start``'s open.
+
+    >>> history, history_label = training_rows(features, outcomes["forward_return"], window)
+    """
+    history = past_rows(features, window)
+    next_session = pd.Series(sessions_of(history), index=history.index).groupby(level="ticker").shift(-1)
+    realised = (next_session.notna() & (next_session < window.test_start)).to_numpy()
+    known = label.reindex(history.index).astype("float64")
+    return history, known.where(realised).rename("label")
 
 
 def window_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
@@ -132,6 +139,7 @@ class WalkForwardResult:
 
 def walk_forward(
     features: pd.DataFrame,
+    label: pd.Series,
     windows: list[Window],
     rule_factory: Callable[[], Rule],
     provider_frames: dict[int, pd.DataFrame] | None = None,
@@ -140,29 +148,33 @@ def walk_forward(
     cache: SignalCache | None = None,
 ) -> WalkForwardResult:
     """Fit and apply the learned stack window by window (see the module docstring); return the decisions.
+    ``features`` hold only pre-open columns (a diagnostic column is refused); ``label`` is the next-session
+    return per (ticker, session), e.g. ``outcomes["forward_return"]``.
 
-    >>> result = walk_forward(features, windows, lambda: RegressionRule(**params), topic_frames, None)
+    >>> result = walk_forward(features, outcomes["forward_return"], windows, lambda: RegressionRule(**params))
     """
-    features = canonical_signals(features)
+    features = canonical_signals(check_pre_open(features, "walk-forward features"))
+    label = canonical_signals(label.rename("label").to_frame())["label"].reindex(features.index)
     exposures, out_of_sample, learned, in_sample_sharpes = [], [], [], []
     for window in tqdm(windows, desc="walk-forward", disable=None if progress else True, leave=False):
         frame = window_rows(features, window)
         if provider_frames is not None:
-            frame = frame.join(canonical_signals(provider_frames[window.index]), how="left")
+            provided = check_pre_open(provider_frames[window.index], f"window {window.index} provider signals")
+            frame = frame.join(canonical_signals(provided), how="left")
         extra = []
         if regime_factory is not None:
             frame = frame.assign(regime=window_regimes(regime_factory, frame, window, cache).to_numpy())
             extra.append("regime")
-        history = training_rows(frame, window)
-        rule = rule_factory().fit(history)
-        in_sample_sharpes.append(in_sample_sharpe(rule, history))
+        history, history_label = training_rows(frame, label, window)
+        rule = rule_factory().fit(history, history_label)
+        in_sample_sharpes.append(in_sample_sharpe(rule, history, history_label))
         in_test = sessions_of(frame) >= window.test_start
         exposures.append(rule.target(frame)[in_test])
-        diagnostics = frame.loc[in_test, [c for c in frame.columns if c not in features.columns or c in extra]]
+        produced = frame.loc[in_test, [c for c in frame.columns if c not in features.columns or c in extra]]
         prediction = rule.prediction(frame)
         if prediction is not None:
-            diagnostics = diagnostics.assign(prediction=prediction[in_test].to_numpy())
-        out_of_sample.append(diagnostics)
+            produced = produced.assign(prediction=prediction[in_test].to_numpy())
+        out_of_sample.append(produced)
         summary = rule.learned_summary()
         if summary is not None:
             learned.append(summary.assign(window_start=window.test_start.date().isoformat()))
@@ -178,11 +190,11 @@ def walk_forward(
 
 def window_regimes(regime_factory: Callable[[], object], frame: pd.DataFrame, window: Window,
                    cache: SignalCache | None) -> pd.Series:
-    """Regime labels of ``frame``'s rows from a model fitted on the window's training rows (cached on disk)."""
+    """Regime labels of ``frame``'s rows from a model fitted on the window's past rows (cached on disk)."""
     model = regime_factory()
 
     def compute() -> pd.DataFrame:
-        return model.fit(training_rows(frame, window)).transform(frame).to_frame("regime")
+        return model.fit(past_rows(frame, window)).transform(frame).to_frame("regime")
 
     if cache is None:
         return compute()["regime"]
@@ -192,13 +204,15 @@ def window_regimes(regime_factory: Callable[[], object], frame: pd.DataFrame, wi
     return cache.get_or_compute("regimes-window", key, compute)["regime"]
 
 
-def in_sample_sharpe(rule: Rule, history: pd.DataFrame, periods_per_year: int = 252) -> float:
-    """Annualised Sharpe of the fitted rule's own decisions on its training rows (gross of costs): the
-    in-sample figure that out-of-sample results are compared with."""
-    labelled = history[history["forward_return"].notna()]
-    if labelled.empty:
+def in_sample_sharpe(rule: Rule, history: pd.DataFrame, label: pd.Series, periods_per_year: int = 252) -> float:
+    """Annualised Sharpe of the fitted rule's own decisions on its training rows whose ``label`` is known (gross
+    of costs): the in-sample figure that out-of-sample results are compared with."""
+    known = label.reindex(history.index).notna().to_numpy()
+    if not known.any():
         return float("nan")
+    labelled = history[known]
     weights = to_weights(rule.target(labelled).fillna(0.0))
-    daily = (weights * labelled["forward_return"]).groupby(level="session").sum()
+    earned = weights.to_numpy() * label.reindex(labelled.index).to_numpy(dtype="float64")
+    daily = pd.Series(earned, index=labelled.index).groupby(level="session").sum()
     spread = daily.std()
     return float(daily.mean() / spread * np.sqrt(periods_per_year)) if spread > 0 else float("nan")

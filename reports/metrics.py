@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-# Columns of a signals frame that are diagnostics written beside the signals, never signals themselves
-# (engine.run writes close and forward_return, and may add the session's other price fields).
-DIAGNOSTIC_COLUMNS = ("open", "high", "low", "close", "volume", "forward_return")
+# DIAGNOSTIC_COLUMNS: the columns of a signals frame written beside the signals, never signals themselves (the
+# session's bar and forward_return); defined once, where the engine splits them from the features.
+from engine.align import DIAGNOSTIC_COLUMNS
+
 VAR_CONFIDENCE = 0.95
 
 

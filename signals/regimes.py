@@ -6,7 +6,6 @@ same kind of session from one run, or one window, to the next.
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -15,37 +14,7 @@ from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from engine.errors import ConfigError
-
-
-def _natural_key(name: str) -> list:
-    """Sort key that puts topic_2 before topic_10."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def resolve_features(features: list[str], columns: pd.Index) -> list[str]:
-    """The column names that ``features`` selects: exact names, and ``prefix*`` entries expanding to every
-    column starting with ``prefix`` (in natural order: topic_2 before topic_10); each name once.
-
-    >>> resolve_features(["topic_*", "volatility_20"], frame.columns)  # ['topic_0', ..., 'topic_9', 'volatility_20']
-    """
-    if isinstance(features, str) or not features:
-        raise ConfigError(f"signals.regimes.features: must be a non-empty list of column names, got {features!r}")
-    names = [str(c) for c in columns]
-    resolved: list[str] = []
-    for feature in features:
-        feature = str(feature)
-        if feature.endswith("*"):
-            matches = sorted((c for c in names if c.startswith(feature[:-1])), key=_natural_key)
-            if not matches:
-                raise ConfigError(f"signals.regimes.features: no column matches {feature!r} "
-                                  f"(columns: {', '.join(names) or 'none'})")
-        elif feature in names:
-            matches = [feature]
-        else:
-            raise ConfigError(f"signals.regimes.features: feature {feature!r} is not a column "
-                              f"(columns: {', '.join(names) or 'none'})")
-        resolved.extend(m for m in matches if m not in resolved)
-    return resolved
+from engine.features import resolve_feature_columns
 
 
 def _matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -87,12 +56,13 @@ class RegimeModel:
         return np.where(np.isnan(standardised), 0.0, standardised)  # missing = the training mean
 
     def fit(self, history: pd.DataFrame) -> "RegimeModel":
-        """Learn the features' training mean and std and the clusters from ``history``'s rows (the past)."""
+        """Learn the features' training mean and std and the clusters from ``history``'s rows (past sessions'
+        pre-open features; regimes never see a label or a diagnostic column)."""
         if isinstance(self.n_regimes, bool) or not isinstance(self.n_regimes, (int, np.integer)) or self.n_regimes < 1:
             raise ConfigError(f"signals.regimes.n_regimes: must be a positive integer, got {self.n_regimes!r}")
         if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)):
             raise ConfigError(f"signals.regimes.random_state: must be an integer, got {self.random_state!r}")
-        columns = resolve_features(self.features, history.columns)
+        columns = resolve_feature_columns(self.features, history.columns, "signals.regimes.features")
         if len(history) < self.n_regimes:
             raise ConfigError(f"signals.regimes.n_regimes: {self.n_regimes} regimes need at least as many training "
                               f"rows, got {len(history)}")

@@ -9,29 +9,32 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from engine.config import NonNegativeInt
 from engine.errors import ConfigError
-from engine.strategy import Rule
+from engine.strategy import Rule, labelled_rows
 
 
 class ClusterRule(Rule):
     """Regime-to-position map learned from history (needs a ``regime`` column, from ``signals.regimes``).
 
-    >>> ClusterRule(min_t_stat=1.0, min_count=20, allow_short=False).fit(history).target(window)
+    >>> ClusterRule(min_t_stat=1.0, min_count=20, allow_short=False).fit(history, label).target(window)
     """
 
     name = "cluster"
     learned = True
 
-    def __init__(self, min_t_stat: float, min_count: int, allow_short: bool):
+    # The annotations are the parameters' schema (engine.config checks strategy.* against them before a run).
+    def __init__(self, min_t_stat: float, min_count: NonNegativeInt, allow_short: bool):
         self.min_t_stat = min_t_stat
         self.min_count = min_count
         self.allow_short = allow_short
 
-    def fit(self, history: pd.DataFrame) -> "ClusterRule":
-        if "regime" not in history:
+    def fit(self, features: pd.DataFrame, label: pd.Series) -> "ClusterRule":
+        if "regime" not in features:
             raise ConfigError("strategy=cluster needs regimes: set signals.regimes.enabled=true")
-        labelled = history[history["forward_return"].notna()]
-        grouped = labelled.groupby("regime")["forward_return"]
+        known = labelled_rows(features, label)
+        grouped = pd.DataFrame({"regime": features["regime"].to_numpy()[known],
+                                "label": label.to_numpy(dtype="float64")[known]}).groupby("regime")["label"]
         table = pd.DataFrame({"mean_return": grouped.mean(), "std": grouped.std(ddof=1), "count": grouped.size()})
         table["t_stat"] = table["mean_return"] / (table["std"] / np.sqrt(table["count"]))
         table["t_stat"] = table["t_stat"].replace([np.inf, -np.inf], np.nan)

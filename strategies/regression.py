@@ -4,6 +4,8 @@ Long when the predicted return exceeds ``threshold``; short below ``-threshold``
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 from sklearn.impute import SimpleImputer
@@ -11,23 +13,26 @@ from sklearn.linear_model import LinearRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from engine.config import NonNegativeNumber, PositiveInt
 from engine.errors import ConfigError
-from engine.strategy import Rule, resolve_columns, threshold_exposure
+from engine.features import resolve_feature_columns
+from engine.strategy import Rule, labelled_rows, threshold_exposure
 
 
 class RegressionRule(Rule):
-    """Linear (``model: linear``) or ridge (``model: ridge``, penalty ``alpha``) regression of
-    ``forward_return`` on ``features`` (names or ``prefix*``), imputing and standardising with training
-    statistics only.
+    """Linear (``model: linear``) or ridge (``model: ridge``, penalty ``alpha``) regression of the label
+    (next-session return) on ``features`` (names or ``prefix*``; ``*`` is every pre-open feature), imputing and
+    standardising with training statistics only.
 
-    >>> RegressionRule("ridge", 1.0, ["sentiment", "topic_*"], 0.0005, False, 100).fit(history).target(window)
+    >>> RegressionRule("ridge", 1.0, ["sentiment", "topic_*"], 0.0005, False, 100).fit(history, label).target(window)
     """
 
     name = "regression"
     learned = True
 
-    def __init__(self, model: str, alpha: float, features: list[str], threshold: float, allow_short: bool,
-                 min_train_rows: int):
+    # The annotations are the parameters' schema (engine.config checks strategy.* against them before a run).
+    def __init__(self, model: Literal["linear", "ridge"], alpha: NonNegativeNumber, features: list[str],
+                 threshold: float, allow_short: bool, min_train_rows: PositiveInt):
         self.model = model
         self.alpha = alpha
         self.features = list(features)
@@ -35,7 +40,7 @@ class RegressionRule(Rule):
         self.allow_short = allow_short
         self.min_train_rows = min_train_rows
 
-    def fit(self, history: pd.DataFrame) -> "RegressionRule":
+    def fit(self, features: pd.DataFrame, label: pd.Series) -> "RegressionRule":
         if self.model == "linear":
             estimator = LinearRegression()
         elif self.model == "ridge":
@@ -44,16 +49,16 @@ class RegressionRule(Rule):
             estimator = Ridge(alpha=self.alpha)
         else:
             raise ConfigError(f"strategy.model: must be 'linear' or 'ridge', got {self.model!r}")
-        self.columns_ = resolve_columns(history, self.features, "strategy.features")
-        labelled = history[history["forward_return"].notna()]
-        if len(labelled) < self.min_train_rows:
+        self.columns_ = resolve_feature_columns(self.features, features.columns, "strategy.features")
+        labelled = labelled_rows(features, label)
+        if labelled.sum() < self.min_train_rows:
             self.pipeline_ = None  # too little history: stay flat rather than fit noise
             return self
-        features = labelled[self.columns_].to_numpy(dtype="float64")
-        usable = ~np.all(np.isnan(features), axis=0)
+        values = features.loc[labelled, self.columns_].to_numpy(dtype="float64")
+        usable = ~np.all(np.isnan(values), axis=0)
         self.usable_ = [c for c, keep in zip(self.columns_, usable) if keep]
         self.pipeline_ = make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(), estimator)
-        self.pipeline_.fit(labelled[self.usable_].to_numpy(dtype="float64"), labelled["forward_return"].to_numpy())
+        self.pipeline_.fit(values[:, usable], label.to_numpy(dtype="float64")[labelled])
         return self
 
     def prediction(self, features: pd.DataFrame) -> pd.Series:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from engine.errors import ConfigError
-from signals.regimes import RegimeModel, resolve_features
+from engine.features import resolve_feature_columns
+from signals.regimes import RegimeModel
 from signals.topics import TopicModel, tokenize
 
 OIL = ["oil", "crude", "barrel", "opec", "refinery", "pipeline", "drilling", "petrol"]
@@ -200,7 +201,7 @@ def test_transform_standardises_with_the_training_rows_only():
 
 def test_prefix_features_resolve_in_natural_order():
     columns = pd.Index(["topics_count", "topic_10", "return_1", "topic_2", "topic_0", "topic_1"])
-    assert resolve_features(["topic_*", "return_1", "topic_2"], columns) == [
+    assert resolve_feature_columns(["topic_*", "return_1", "topic_2"], columns, "signals.regimes.features") == [
         "topic_0", "topic_1", "topic_2", "topic_10", "return_1"]
     frame = pd.DataFrame(np.arange(30.0).reshape(6, 5) % 7, columns=["topic_1", "topic_0", "topics_count", "v", "w"],
                          index=session_index(6))

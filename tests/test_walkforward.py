@@ -29,7 +29,8 @@ def test_bad_windows_name_the_key(train, step, mode, key):
 
 
 def planted_features(n_sessions=1500, strength=0.004, seed=7, tickers=("A",), drift=0.0003):
-    """Features whose ``signal`` predicts the next open-to-open return with the given strength (0: noise)."""
+    """(features, outcomes): a pre-open ``signal`` that predicts the next open-to-open return with the given
+    strength (0: noise), and the bars with that ``forward_return``."""
     rng = np.random.default_rng(seed)
     frames = []
     sessions = pd.bdate_range("2010-01-04", periods=n_sessions).tz_localize("UTC") + pd.Timedelta(hours=14, minutes=30)
@@ -42,15 +43,16 @@ def planted_features(n_sessions=1500, strength=0.004, seed=7, tickers=("A",), dr
             "ticker": ticker, "session": sessions, "open": opens, "close": closes,
             "high": np.maximum(opens, closes) * 1.001, "low": np.minimum(opens, closes) * 0.999, "volume": 1e6,
             "signal": signal, "forward_return": np.append(opens[1:] / opens[:-1] - 1, np.nan)}))
-    return pd.concat(frames).set_index(["ticker", "session"]).sort_index()
+    grid = pd.concat(frames).set_index(["ticker", "session"]).sort_index()
+    return grid[["signal"]], grid[["open", "high", "low", "close", "volume", "forward_return"]]
 
 
 class SpyRule(Rule):
     learned = True
     seen = []
 
-    def fit(self, history):
-        SpyRule.seen.append(history.copy())
+    def fit(self, features, label):
+        SpyRule.seen.append((features.copy(), label.copy()))
         return self
 
     def target(self, features):
@@ -58,26 +60,29 @@ class SpyRule(Rule):
 
 
 def test_learners_never_see_their_decision_sessions_or_unrealised_labels():
-    features = planted_features(n_sessions=60, tickers=("A", "B"))
+    features, outcomes = planted_features(n_sessions=60, tickers=("A", "B"))
     windows = make_windows(features.index.get_level_values("session"), 20, 15, "expanding")
     SpyRule.seen = []
-    walk_forward(features, windows, SpyRule, progress=False)
+    walk_forward(features, outcomes["forward_return"], windows, SpyRule, progress=False)
     assert len(SpyRule.seen) == len(windows) == 3
-    for window, history in zip(windows, SpyRule.seen):
+    for window, (history, label) in zip(windows, SpyRule.seen):
         sessions = history.index.get_level_values("session")
         assert sessions.max() < window.test_start
+        assert list(history.columns) == ["signal"] and label.index.equals(history.index)
         # The label of the last training session is realised at test_start's open: masked.
-        last = history[sessions == sessions.max()]
-        assert last["forward_return"].isna().all()
-        earlier = history[sessions < sessions.max()]
-        assert earlier["forward_return"].notna().all()
+        last = sessions == sessions.max()
+        assert label[last].isna().all()
+        # Every earlier label is the true forward return of its row.
+        expected = outcomes["forward_return"].reindex(history.index)[~last]
+        assert label[~last].notna().all() and np.array_equal(label[~last].to_numpy(), expected.to_numpy())
     # Direct check of training_rows on one window too.
-    rows = training_rows(features, windows[1])
+    rows, label = training_rows(features, outcomes["forward_return"], windows[1])
     assert rows.index.get_level_values("session").max() == windows[1].test_start - pd.offsets.BDay(1)
+    assert label.isna().sum() == 2  # the last training session of each of the two tickers
 
 
-def daily_returns(features, exposure):
-    bars = features[["open", "high", "low", "close", "volume"]].assign(weight=to_weights(exposure.fillna(0.0)).to_numpy())
+def daily_returns(outcomes, exposure):
+    bars = outcomes[["open", "high", "low", "close", "volume"]].assign(weight=to_weights(exposure.fillna(0.0)).to_numpy())
     book = run_backtest(bars, {"cash": 100_000, "commission_bps": 1, "slippage_bps": 0}).book
     return book["value"].pct_change().dropna()
 
@@ -86,17 +91,19 @@ def sharpe(returns):
     return returns.mean() / returns.std() * np.sqrt(252)
 
 
-def regression_exposure(features, windows):
+def regression_exposure(planted, windows):
+    features, outcomes = planted
     rule = lambda: RegressionRule("linear", 0.0, ["signal"], 0.0, False, 50)  # noqa: E731
-    return walk_forward(features, windows, rule, progress=False)
+    return walk_forward(features, outcomes["forward_return"], windows, rule, progress=False)
 
 
 def test_regression_beats_buy_and_hold_on_a_planted_signal_and_not_on_noise():
     planted = planted_features(strength=0.004)
-    windows = make_windows(planted.index.get_level_values("session"), 500, 100, "expanding")
+    outcomes = planted[1]
+    windows = make_windows(outcomes.index.get_level_values("session"), 500, 100, "expanding")
     result = regression_exposure(planted, windows)
-    test = planted.index.get_level_values("session") >= windows[0].test_start
-    oos = planted[test]
+    test = outcomes.index.get_level_values("session") >= windows[0].test_start
+    oos = outcomes[test]
     # Out of sample the forecasts line up with the realised returns.
     predictions = result.out_of_sample["prediction"]
     assert np.corrcoef(predictions, oos["forward_return"].fillna(0))[0, 1] > 0.25
@@ -105,7 +112,7 @@ def test_regression_beats_buy_and_hold_on_a_planted_signal_and_not_on_noise():
     assert sharpe(strategy) > sharpe(hold) + 1.0
 
     noise = planted_features(strength=0.0, seed=11, drift=0.0)
-    assert_no_significant_edge(noise[test], regression_exposure(noise, windows).exposure[test])
+    assert_no_significant_edge(noise[1][test], regression_exposure(noise, windows).exposure[test])
 
 
 def t_statistic(returns):
@@ -114,10 +121,10 @@ def t_statistic(returns):
     return 0.0 if spread == 0 else returns.mean() / spread * np.sqrt(len(returns))
 
 
-def assert_no_significant_edge(features, exposure):
+def assert_no_significant_edge(outcomes, exposure):
     """Neither the strategy's own mean return nor its excess over buy-and-hold is significant at 5%."""
-    strategy = daily_returns(features, exposure)
-    hold = daily_returns(features, pd.Series(1.0, index=features.index))
+    strategy = daily_returns(outcomes, exposure)
+    hold = daily_returns(outcomes, pd.Series(1.0, index=outcomes.index))
     assert abs(t_statistic(strategy)) < 2.0
     assert abs(t_statistic(strategy - hold)) < 2.0
 
@@ -127,9 +134,9 @@ def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
 
     index = pd.MultiIndex.from_product([["A"], pd.date_range("2020-01-01", periods=8, tz="UTC")],
                                        names=["ticker", "session"])
-    history = pd.DataFrame({"regime": [0, 0, 0, 0, 1, 1, 1, 1.0],
-                            "forward_return": [0.01, 0.02, 0.01, 0.02, -0.01, 0.01, -0.01, 0.01]}, index=index)
-    rule = ClusterRule(min_t_stat=2.0, min_count=3, allow_short=False).fit(history)
+    history = pd.DataFrame({"regime": [0, 0, 0, 0, 1, 1, 1, 1.0]}, index=index)
+    label = pd.Series([0.01, 0.02, 0.01, 0.02, -0.01, 0.01, -0.01, 0.01], index=index)
+    rule = ClusterRule(min_t_stat=2.0, min_count=3, allow_short=False).fit(history, label)
     table = rule.learned_summary().set_index("regime")
     # Regime 0: mean 0.015, sample std 0.005774, t = 0.015 / (0.005774 / 2) = 5.196; regime 1: mean 0, t = 0.
     assert table.loc[0, "t_stat"] == pytest.approx(0.015 / (np.std([0.01, 0.02, 0.01, 0.02], ddof=1) / 2))
@@ -139,22 +146,25 @@ def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
     assert rule.prediction(window).tolist() == pytest.approx([0.0, 0.015, 0.0])
 
 
-def cluster_exposure(features, windows):
+def cluster_exposure(planted, windows):
     from signals.regimes import RegimeModel
     from strategies.cluster import ClusterRule
 
-    return walk_forward(features, windows, lambda: ClusterRule(min_t_stat=2.0, min_count=20, allow_short=False),
+    features, outcomes = planted
+    return walk_forward(features, outcomes["forward_return"], windows,
+                        lambda: ClusterRule(min_t_stat=2.0, min_count=20, allow_short=False),
                         regime_factory=lambda: RegimeModel(2, ["signal"], 10, 0), progress=False).exposure
 
 
 def test_cluster_rule_beats_buy_and_hold_on_a_planted_regime_and_not_on_noise():
     planted = planted_features(strength=0.004)
-    windows = make_windows(planted.index.get_level_values("session"), 500, 100, "expanding")
-    test = planted.index.get_level_values("session") >= windows[0].test_start
+    outcomes = planted[1]
+    windows = make_windows(outcomes.index.get_level_values("session"), 500, 100, "expanding")
+    test = outcomes.index.get_level_values("session") >= windows[0].test_start
     exposure = cluster_exposure(planted, windows)
-    strategy = daily_returns(planted[test], exposure[test])
-    hold = daily_returns(planted[test], pd.Series(1.0, index=planted[test].index))
+    strategy = daily_returns(outcomes[test], exposure[test])
+    hold = daily_returns(outcomes[test], pd.Series(1.0, index=outcomes[test].index))
     assert sharpe(strategy) > sharpe(hold) + 1.0
 
     noise = planted_features(strength=0.0, seed=11, drift=0.0)
-    assert_no_significant_edge(noise[test], cluster_exposure(noise, windows)[test])
+    assert_no_significant_edge(noise[1][test], cluster_exposure(noise, windows)[test])
