@@ -34,6 +34,12 @@ _OHLC = ["open", "high", "low", "close"]
 class Dataset:
     """Prices and news of one dataset, in the ``engine.schema`` frames, with what was done to load them.
 
+    ``meta["news_items"]`` counts the news items read; ``meta["news_dropped"]`` the items left out, by reason
+    (``empty_text``, ``duplicate``, ``retweet``, ``other_language``; ``before_first_session``: earlier than
+    ``news_lookback_days`` before the first bar; ``after_last_session``: after the day of the last bar;
+    ``outside_start_end``: the same on a side that ``data.start``/``data.end`` cut), each item once: ``news``
+    keeps the rest.
+
     >>> data = load_dataset(cfg.data, roots); data.prices, data.news, data.meta["files"]
     """
 
@@ -102,18 +108,21 @@ def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
 
     news = news.copy()
     news["timestamp"] = news["timestamp"].dt.as_unit("us")
-    window = pd.Series(True, index=news.index)
     # Measured from the first and last sessions kept (not only a configured start), so news from long before
-    # the first bar never piles onto it.
+    # the first bar never piles onto it. Items outside it on a side that data.start/data.end cut are what the
+    # user asked to leave out; on a side they did not cut, what the prices cannot place.
     lookback_days = _required(cfg, "news_lookback_days")
     if not isinstance(lookback_days, int) or isinstance(lookback_days, bool) or lookback_days < 0:
         raise ConfigError(f"data.news_lookback_days: must be a non-negative integer, got {lookback_days!r}")
-    first_day, last_day = prices["timestamp"].min(), prices["timestamp"].max()
+    first_day, last_day = dates[keep].min(), dates[keep].max()
     news_from = session_instants(pd.DatetimeIndex([first_day - pd.Timedelta(days=lookback_days)]), timezone, "00:00")[0]
-    window &= news["timestamp"] >= news_from
     news_to = end_of_day(pd.DatetimeIndex([last_day]), timezone)[0]
-    window &= news["timestamp"] <= news_to
-    news = news[window]
+    before, after = news["timestamp"] < news_from, news["timestamp"] > news_to
+    dropped = dict.fromkeys(["before_first_session", "after_last_session", "outside_start_end"], 0)
+    dropped["outside_start_end" if first_day > dates.min() else "before_first_session"] += int(before.sum())
+    dropped["outside_start_end" if last_day < dates.max() else "after_last_session"] += int(after.sum())
+    dropped = {**meta.pop("news_dropped"), **dropped}
+    news = news[~before & ~after]
 
     what = f"dataset {meta['dataset']}"
     prices = validate_prices(prices, f"{what} prices")
@@ -121,7 +130,7 @@ def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
     meta.update(
         start=_day(start), end=_day(end),
         news_from=news_from.isoformat(), news_to=news_to.isoformat(),
-        price_rows=len(prices), news_rows=len(news), news_outside_window_dropped=int((~window).sum()),
+        price_rows=len(prices), news_rows=len(news), news_dropped=dropped,
         first_session=prices["timestamp"].iloc[0].isoformat(), last_session=prices["timestamp"].iloc[-1].isoformat(),
     )
     return Dataset(name=meta["dataset"], prices=prices, news=news, meta=meta)
@@ -262,7 +271,7 @@ def _load_djia(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.Da
         "volume": table["Volume"].astype("float64"),
     }).reset_index(drop=True)
     meta.update(
-        news_raw_rows=len(raw), empty_news_dropped=int(empty.sum()), **counts,
+        news_items=len(raw), news_dropped={"empty_text": int(empty.sum())}, **counts,
         adj_close_equals_close=bool((table["Adj Close"] == table["Close"]).all()),
         price_adjustment="none: Close is the index level (Adj Close == Close)",
     )
@@ -348,9 +357,9 @@ def _load_stocknet(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, p
         frame, null_rows[ticker] = _stocknet_prices(path, ticker)
         bars.append(frame)
     meta.update(
-        tickers=tickers, news_raw_rows=raw_rows,
-        duplicates_dropped=int(duplicated.sum()), duplicates_dropped_by_ticker=duplicates_by_ticker,
-        retweets_dropped=retweets_dropped, other_language_dropped=int(other_language.sum()),
+        tickers=tickers, news_items=raw_rows, duplicates_dropped_by_ticker=duplicates_by_ticker,
+        news_dropped={"duplicate": int(duplicated.sum()), "retweet": retweets_dropped,
+                      "other_language": int(other_language.sum())},
         null_price_rows_dropped=sum(null_rows.values()),
         price_adjustment="total return: open/high/low x Adj Close / Close, close = Adj Close",
     )
@@ -436,7 +445,7 @@ def _parse_dates(values: pd.Series, where: str, **options: Any) -> pd.Series:
             raise DataError(f"{where}: cannot parse the stamps as one kind of date ({error})") from None
 
 
-def _load_csv_prices(cfg: Mapping, timezone: str) -> tuple[pd.DataFrame, Path, str]:
+def _load_csv_prices(cfg: Mapping) -> tuple[pd.DataFrame, Path, str]:
     spec = cfg.get("prices") or {}
     key = "data.prices"
     path = _user_path(spec.get("path"), f"{key}.path")
@@ -445,13 +454,20 @@ def _load_csv_prices(cfg: Mapping, timezone: str) -> tuple[pd.DataFrame, Path, s
     at = lambda record: f"{path}: line {_line_of(text, record)}"  # noqa: E731
 
     date_column = _column(frame, columns, "date", path, f"{key}.columns")
-    dates = _parse_dates(frame[date_column].str.strip(), f"{path}: column {date_column!r}", utc=False)
+    raw_dates = frame[date_column].str.strip()
+    # A bar is one exchange session: its date, not an instant. A time of day or a zone ("2019-01-02T00:00:00Z")
+    # would have to be converted to the exchange's calendar, and midnight UTC is the day before in New York.
+    bad = _first_bad(raw_dates.str.contains(r"\d:\d|\dT\d|\dZ$|\d\s*(?:UTC|GMT)$", regex=True))
+    if bad is not None:
+        raise DataError(f"{at(bad)}: date {frame[date_column].iloc[bad]!r} in column {date_column!r} has a time of "
+                        f"day or a zone; write the session's date only, e.g. 2019-01-02")
+    dates = _parse_dates(raw_dates, f"{path}: column {date_column!r}", utc=False)
     bad = _first_bad(dates.isna())
     if bad is not None:
         raise DataError(f"{at(bad)}: cannot parse date {frame[date_column].iloc[bad]!r} in column {date_column!r}")
-    if getattr(dates.dtype, "tz", None) is not None:
-        dates = dates.dt.tz_convert(timezone).dt.tz_localize(None)
-    dates = dates.dt.normalize()
+    if getattr(dates.dtype, "tz", None) is not None:  # a zone the pattern above does not know
+        raise DataError(f"{at(0)}: date {frame[date_column].iloc[0]!r} in column {date_column!r} has a zone; "
+                        f"write the session's date only, e.g. 2019-01-02")
 
     if spec.get("ticker") is not None:
         tickers = pd.Series(str(spec["ticker"]), index=frame.index)
@@ -509,16 +525,49 @@ def _load_csv_news(cfg: Mapping) -> tuple[pd.DataFrame, tuple[Path, str] | None,
         return pd.DataFrame({c: pd.Series([], dtype="object") for c in NEWS_COLUMNS}).assign(
             timestamp=pd.DatetimeIndex([], tz="UTC")), None, 0
     path = _user_path(spec["path"], f"{key}.path")
-    timezone = _required(spec, "timezone", key)
+    timezone = spec.get("timezone")
+    if timezone is not None:
+        _check_zone(timezone, f"{key}.timezone")
     frame, text, digest = _read_text_csv(path, _required(spec, "encoding", key), f"{key}.encoding")
     columns = spec.get("columns") or {}
-    at = lambda record: f"{path}: line {_line_of(text, record)}"  # noqa: E731
 
     stamp_column = _column(frame, columns, "timestamp", path, f"{key}.columns")
     text_column = _column(frame, columns, "text", path, f"{key}.columns")
-    raw = frame[stamp_column].str.strip()
-    where = f"{path}: column {stamp_column!r}"
-    timestamps = pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us, UTC]")
+    timestamps = _news_timestamps(frame[stamp_column], timezone, path, text)
+
+    # No ticker mapping means every item is market-wide; a mapping to a header the file lacks is a mistake
+    # (silently making every item market-wide would hand one company's news to every instrument).
+    ticker_header = columns.get("ticker")
+    if ticker_header is None:
+        tickers = ""
+    elif ticker_header in frame.columns:
+        tickers = frame[ticker_header].str.strip()  # an empty cell: market-wide
+    else:
+        raise DataError(
+            f"{path}: missing column {ticker_header!r} ({key}.columns.ticker); columns found: "
+            f"{', '.join(map(str, frame.columns))}; set {key}.columns.ticker=null if every item is market-wide"
+        )
+    texts = frame[text_column].str.strip()
+    empty = texts == ""
+    news = pd.DataFrame({"timestamp": timestamps, "ticker": tickers, "text": texts, "source": path.name})
+    return news[~empty], (path, digest), int(empty.sum())
+
+
+def _check_zone(timezone: Any, key: str) -> None:
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(str(timezone))
+    except Exception:  # unknown zone names raise several types
+        raise ConfigError(f"{key}: unknown time zone {timezone!r}; use an IANA name such as America/New_York or UTC") from None
+
+
+def _news_timestamps(values: pd.Series, timezone: str | None, path: Path, text: str) -> pd.Series:
+    """UTC instants of news stamps: with an offset converted exactly; naive ones read in ``timezone``; date-only
+    ones at the end of that day in ``timezone``. Without a ``timezone``, a stamp that needs one is a ConfigError."""
+    column = values.name
+    raw = values.str.strip()
+    where = f"{path}: column {column!r}"
+    timestamps = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[us, UTC]")
+    needs_zone = pd.Series(False, index=raw.index)
     has_time = raw.str.contains(":", regex=False)
     aware = has_time & raw.str.contains(_HAS_OFFSET, regex=True)
     if aware.any():
@@ -526,29 +575,38 @@ def _load_csv_news(cfg: Mapping) -> tuple[pd.DataFrame, tuple[Path, str] | None,
     naive = has_time & ~aware
     if naive.any():
         local = _parse_dates(raw[naive], where)
-        if getattr(local.dtype, "tz", None) is None:  # a zone name such as "UTC" also makes it aware
-            local = local.dt.tz_localize(timezone, ambiguous=False, nonexistent="shift_forward")
-        timestamps[naive] = local.dt.tz_convert("UTC").dt.as_unit("us")
-    if (~has_time).any():
-        days = _parse_dates(raw[~has_time], where)
-        parsed = days.notna()
-        timestamps[(~has_time) & parsed.reindex(frame.index, fill_value=False)] = \
-            end_of_day(days[parsed], timezone).as_unit("us")
-    bad = _first_bad(timestamps.isna())
-    if bad is not None:
-        raise DataError(f"{at(bad)}: cannot parse timestamp {frame[stamp_column].iloc[bad]!r} in column {stamp_column!r}")
+        if getattr(local.dtype, "tz", None) is not None:  # a zone name such as "UTC" also makes it aware
+            timestamps[naive] = local.dt.tz_convert("UTC").dt.as_unit("us")
+        else:
+            needs_zone[naive] = local.notna()
+            if timezone is not None:
+                local = local.dt.tz_localize(timezone, ambiguous=False, nonexistent="shift_forward")
+                timestamps[naive] = local.dt.tz_convert("UTC").dt.as_unit("us")
+    date_only = ~has_time
+    if date_only.any():
+        days = _parse_dates(raw[date_only], where)
+        needs_zone[date_only] = days.notna()
+        if timezone is not None:
+            parsed = days.notna()
+            timestamps.loc[parsed.index[parsed]] = end_of_day(days[parsed], timezone).as_unit("us")
 
-    ticker_header = columns.get("ticker")
-    tickers = frame[ticker_header].str.strip() if ticker_header in frame.columns else ""
-    texts = frame[text_column].str.strip()
-    empty = texts == ""
-    news = pd.DataFrame({"timestamp": timestamps, "ticker": tickers, "text": texts, "source": path.name})
-    return news[~empty], (path, digest), int(empty.sum())
+    line = lambda record: _line_of(text, record)  # noqa: E731
+    bad = _first_bad(timestamps.isna() & ~needs_zone)
+    if bad is not None:
+        raise DataError(f"{path}: line {line(bad)}: cannot parse timestamp {values.iloc[bad]!r} in column {column!r}")
+    bad = _first_bad(needs_zone) if timezone is None else None
+    if bad is not None:
+        day = " (a date-only stamp counts as published at the end of that day there)" if date_only.iloc[bad] else ""
+        raise ConfigError(
+            f"data.news.timezone: {path} has timestamps without a time zone (e.g. {values.iloc[bad]!r} on line "
+            f"{line(bad)}); set data.news.timezone to the zone they were written in, e.g. America/New_York or UTC{day}"
+        )
+    return timestamps
 
 
 def _load_csv(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """The user's prices (strict: every bad row is an error naming its line) and optional news."""
-    prices, prices_path, prices_digest = _load_csv_prices(cfg, _required(cfg, "exchange_timezone"))
+    prices, prices_path, prices_digest = _load_csv_prices(cfg)
     news, news_file, empty = _load_csv_news(cfg)
     digests = {str(prices_path): prices_digest, **({str(news_file[0]): news_file[1]} if news_file else {})}
     meta = {
@@ -556,8 +614,8 @@ def _load_csv(cfg: Mapping, roots: Sequence[Path]) -> tuple[pd.DataFrame, pd.Dat
         "sha256": digests,
         "licence": "user data",
         "origin": "user files",
-        "news_raw_rows": len(news) + empty,
-        "empty_news_dropped": empty,
+        "news_items": len(news) + empty,
+        "news_dropped": {"empty_text": empty},
     }
     return prices, news, meta
 

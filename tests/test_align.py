@@ -79,10 +79,14 @@ def test_negative_latency_is_a_config_error():
 
 
 def test_session_grid_price_features_use_previous_closes_only():
-    grid = session_grid(PRICES).loc["X"]
+    features, outcomes = session_grid(PRICES)
+    grid, outcome = features.loc["X"], outcomes.loc["X"]
     closes = list(range(101, 109))
     # return_1 on session 3 is close[1] / close[0] - 1: known before session 3 opens.
     assert grid["return_1"].iloc[2] == pytest.approx(closes[1] / closes[0] - 1)
     assert pd.isna(grid["return_1"].iloc[1])
-    assert grid["forward_return"].iloc[0] == pytest.approx(101 / 100 - 1)
-    assert pd.isna(grid["forward_return"].iloc[-1])
+    assert outcome["forward_return"].iloc[0] == pytest.approx(101 / 100 - 1)
+    assert pd.isna(outcome["forward_return"].iloc[-1])
+    # The session's own bar and forward_return are outcomes, never features.
+    assert list(features.columns) == ["return_1", "return_5", "volatility_20"]
+    assert list(outcomes.columns) == ["open", "high", "low", "close", "volume", "forward_return"]

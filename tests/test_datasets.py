@@ -135,8 +135,8 @@ def test_djia_headlines_match_a_second_cleaning(djia):
     assert len(expected) == 73_607  # 73,608 records (SOURCE.md) less the blank b'        ' of 2008-07-01
     # News are kept from 10 days before the first DJIA bar (2008-08-08), i.e. from 2008-07-29.
     assert djia.news["text"].tolist() == [text for date, text in expected if date >= "2008-07-29"]
-    assert djia.meta["news_raw_rows"] == 73_608
-    assert djia.meta["empty_news_dropped"] == 1
+    assert djia.meta["news_items"] == 73_608
+    assert djia.meta["news_dropped"]["empty_text"] == 1
 
 
 @needs_djia
@@ -230,8 +230,8 @@ def test_stocknet_drops_duplicate_tweet_ids(stocknet):
         assert (stocknet.news["ticker"] == ticker).sum() == unique
         assert stocknet.meta["duplicates_dropped_by_ticker"][ticker] == len(rows) - unique
     assert stocknet.meta["duplicates_dropped_by_ticker"]["ORCL"] == 1  # 752 rows, 751 ids
-    assert stocknet.meta["news_raw_rows"] == 63_230  # SOURCE.md total
-    assert stocknet.meta["news_rows"] == 63_230 - stocknet.meta["duplicates_dropped"]
+    assert stocknet.meta["news_items"] == 63_230  # SOURCE.md total
+    assert stocknet.meta["news_rows"] == 63_230 - stocknet.meta["news_dropped"]["duplicate"]
 
 
 @needs_stocknet
@@ -304,6 +304,7 @@ def test_csv_good_files_are_stamped_in_their_time_zones(tmp_path):
             "2016-01-04T08:00:00+01:00,with an offset\n")
     config = csv_config(tmp_path, prices, news)
     config["news"]["timezone"] = "America/New_York"
+    config["news"]["columns"]["ticker"] = None  # no ticker column: every item is market-wide
     data = load_dataset(config, [])
     assert data.prices[["ticker", "timestamp", "close"]].values.tolist() == [
         ["AAA", utc("2016-01-04 14:30"), 10.5], ["AAA", utc("2016-07-01 13:30"), 11.5],

@@ -98,7 +98,8 @@ def compose_cfg(folder: Path, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[
             "data=csv", f"data.prices.path={folder}/prices.csv", "data.prices.ticker=PLANT",
-            f"data.news.path={folder}/news.csv", "signals.sentiment=lexicon", "report.enabled=false",
+            f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null", "signals.sentiment=lexicon",
+            "report.enabled=false",
             f"paths.cache={folder}/cache", "walk_forward.train_sessions=120", "walk_forward.step_sessions=60",
             "signals.topics.num_topics=3", "signals.topics.passes=1", "signals.topics.no_below=2", *overrides])
 
