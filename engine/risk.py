@@ -3,32 +3,19 @@ applied here to the weights; the path-dependent ones (stop-loss, VaR limit) run 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
-from engine.errors import ConfigError
-
-RISK_KEYS = ("max_position", "max_gross_exposure", "target_volatility", "max_leverage", "stop_loss", "var_limit",
-             "var_window_sessions")
+from engine.config import Risk, check_section
 
 
 def check_risk(risk: dict) -> dict:
-    """Validate the ``risk`` config; return it. Each limit is a positive number, or null to disable it."""
-    unknown = sorted(set(risk) - set(RISK_KEYS))
-    if unknown:
-        raise ConfigError(f"risk.{unknown[0]}: unknown key (known: {', '.join(RISK_KEYS)})")
-    for key in RISK_KEYS:
-        value = risk.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ConfigError(f"risk.{key}: must be a positive number or null, got {value!r}")
-    if risk.get("stop_loss") is not None and risk["stop_loss"] >= 1:
-        raise ConfigError(f"risk.stop_loss: a fraction below 1, got {risk['stop_loss']!r}")
-    if risk.get("var_window_sessions") is not None and int(risk["var_window_sessions"]) < 10:
-        raise ConfigError(f"risk.var_window_sessions: at least 10 sessions, got {risk['var_window_sessions']!r}")
+    """Validate the ``risk`` config against its schema (``engine.config.Risk``); return it. Each limit is a
+    positive number, or null (or absent) to disable it.
+
+    >>> check_risk({"stop_loss": 0.1, "var_limit": None})
+    """
+    check_section(Risk, {**dict.fromkeys(Risk.model_fields), **risk}, "risk")
     return risk
 
 
@@ -36,8 +23,8 @@ def apply_risk(weights: pd.Series, features: pd.DataFrame, risk: dict) -> pd.Ser
     """Weights after volatility targeting, the per-instrument cap and the gross-exposure cap (NaN = hold stays).
 
     Volatility targeting scales each instrument's weight by ``target_volatility / volatility_20`` (its
-    trailing annualised volatility, known before the open), capped at ``max_leverage``; without a volatility
-    estimate yet the weight is left unscaled.
+    trailing annualised volatility, from the pre-open ``features`` of ``engine.features``), capped at
+    ``max_leverage``; without a volatility estimate yet the weight is left unscaled.
 
     >>> apply_risk(weights, features, {"max_position": 0.5, "target_volatility": 0.15, "max_leverage": 1.0})
     """

@@ -29,9 +29,10 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from engine.align import align_news
+from engine.align import align_news, news_accounting, news_drop_report
 from engine.backtest import run_backtest
 from engine.cache import SignalCache, project_path
+from engine.config import discard_run_folder, preflight, report_and_exit, strategy_parameters, validate_config
 from engine.datasets import load_dataset
 from engine.errors import ConfigError, NewsbtError
 from engine.features import assemble_features, provider_signals
@@ -63,7 +64,9 @@ def make_sentiment_provider(cfg: DictConfig, roots: list[Path]) -> SignalProvide
         from signals.transformer import TransformerSentiment
 
         settings = cfg.signals.transformer
-        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, data_roots=roots)
+        training = settings.training
+        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, data_roots=roots,
+                                 recipe=training.recipe, precision=training.precision, device=training.device)
         return TransformerSentiment(
             model_dir=model_dir,
             cache_root=project_path(cfg.paths.cache),
@@ -77,18 +80,10 @@ def make_sentiment_provider(cfg: DictConfig, roots: list[Path]) -> SignalProvide
 
 
 def make_rule(strategy_cfg: DictConfig) -> Rule:
-    """Instantiate the rule named by ``strategy._target_`` with the other strategy keys as parameters."""
-    params = OmegaConf.to_container(strategy_cfg, resolve=True)
-    params.pop("name", None)
-    target = params.pop("_target_", None)
-    if not target:
-        raise ConfigError("strategy._target_: missing (which rule class to use)")
-    try:
-        return hydra.utils.get_class(target)(**params)
-    except TypeError as error:
-        raise ConfigError(f"strategy: {error}") from None
-    except Exception as error:  # an import failure of a user's _target_
-        raise ConfigError(f"strategy._target_: cannot load {target!r} ({error})") from None
+    """Instantiate the rule named by ``strategy._target_`` with the other strategy keys as parameters, checked
+    against the rule's constructor (``engine.config``)."""
+    rule_class, params = strategy_parameters(OmegaConf.to_container(strategy_cfg, resolve=True))
+    return rule_class(**params)
 
 
 def backtest_bars(prices: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
@@ -113,12 +108,14 @@ class Decisions:
 
 @dataclass
 class Inputs:
-    """Everything a rule decides from: the dataset, its aligned news, the session features, the cache."""
+    """Everything a rule decides from: the dataset, its aligned news, the session features, the cache; and the
+    outcomes (``DIAGNOSTIC_COLUMNS``, not known before each open) that only labels and reports read."""
 
     dataset: Any
     aligned: pd.DataFrame
     provider: SignalProvider
-    features: pd.DataFrame
+    features: pd.DataFrame  # only columns known before each session's open
+    outcomes: pd.DataFrame  # open high low close volume forward_return, same index as features
     cache: SignalCache
     sentiment_stats: dict  # the provider's text counts when it scored them (kept in the signal cache)
 
@@ -139,7 +136,8 @@ def build_inputs(cfg: DictConfig) -> Inputs:
     provider = make_sentiment_provider(cfg, roots)
     sentiment = provider_signals(provider, aligned, cache)
     stats = dict(sentiment.attrs.get("stats", {}))
-    return Inputs(dataset, aligned, provider, assemble_features(dataset.prices, [sentiment]), cache, stats)
+    features, outcomes = assemble_features(dataset.prices, [sentiment])
+    return Inputs(dataset, aligned, provider, features, outcomes, cache, stats)
 
 
 def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
@@ -172,7 +170,8 @@ def prepare_signals(cfg: DictConfig) -> None:
 
 
 def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
-    """Run the configured rule over the features: directly, or walked forward with topics and regimes.
+    """Run the configured rule over the (pre-open) features: directly, or walked forward with topics and
+    regimes, the label coming from the outcomes frame.
 
     >>> decisions = decide(cfg, build_inputs(cfg))
     """
@@ -192,8 +191,8 @@ def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
 
         regime_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.regimes, resolve=True).items() if k != "enabled"}
         regime_factory = lambda: RegimeModel(**regime_params)  # noqa: E731
-    result = walk_forward(features, windows, lambda: make_rule(cfg.strategy), provider_frames, regime_factory,
-                          cache=inputs.cache)
+    result = walk_forward(features, inputs.outcomes["forward_return"], windows, lambda: make_rule(cfg.strategy),
+                          provider_frames, regime_factory, cache=inputs.cache)
     weights = apply_risk(to_weights(result.exposure), features, risk)
     return Decisions(result.exposure, weights, windows[0].test_start, result.out_of_sample, result.learned,
                      topic_words, result.in_sample_sharpe)
@@ -223,8 +222,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from reports.metrics import performance_metrics
 
     started = time.perf_counter()
+    validate_config(cfg)
     inputs = build_inputs(cfg)
-    dataset, aligned, features = inputs.dataset, inputs.aligned, inputs.features
+    dataset, aligned, features, outcomes = inputs.dataset, inputs.aligned, inputs.features, inputs.outcomes
     decisions = decide(cfg, inputs)
 
     # Learned rules trade from their first out-of-sample session; the session before it primes the feeds
@@ -258,8 +258,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     metrics.update(
         final_value=float(equity["value"].iloc[-1]),
         sessions=int(len(equity)),
-        news_items=int(len(dataset.news)),
-        news_aligned=int(len(aligned)),
+        **news_accounting(dataset, cfg.latency_minutes),  # news_items, news_aligned, news_dropped (by reason)
         fills=int(len(result.fills)),
         stop_fills=int((result.fills["kind"] == "stop").sum()),
         rejected_orders=int(result.rejected_orders),
@@ -267,7 +266,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     metrics.update(in_out_of_sample_sharpe(cfg, decisions, returns, metrics))
     metrics.update({f"sentiment_{key}": value for key, value in inputs.sentiment_stats.items()})
-    signals_out = features[keep].assign(exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
+    # signals.parquet shows the outcomes (the session's bar, forward_return) beside what was decided before it.
+    signals_out = pd.concat([outcomes[keep], features[keep]], axis=1).assign(
+        exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
     extra_files: dict[str, pd.DataFrame] = {}
     if decisions.out_of_sample is not None and len(decisions.out_of_sample):
         signals_out = signals_out.join(decisions.out_of_sample, how="left")
@@ -338,17 +339,36 @@ def main(cfg: DictConfig) -> None:
     try:
         metrics = run(cfg, run_dir)
     except NewsbtError as error:
-        print(f"newsbt: error: {error}", file=sys.stderr)
-        if not (run_dir / "metrics.json").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a failed run leaves no folder behind
-        sys.exit(2)
+        discard_run_folder(run_dir)  # only what this run created: never a folder, or a file, that was there before
+        report_and_exit(error)
     print(summary_line(metrics))
+    news_line, news_warning = news_drop_report(metrics)
+    print(news_line)
+    if news_warning:
+        print(f"newsbt: warning: {news_warning}", file=sys.stderr)
     if "sentiment_texts" in metrics:
         print(f"texts: {metrics['sentiment_texts']} aligned, {metrics.get('sentiment_unique_texts')} distinct, "
               f"{metrics.get('sentiment_empty', 0)} empty, {metrics.get('sentiment_truncated', 0)} truncated, "
-              f"{metrics.get('sentiment_undecodable', 0)} undecodable")
+              f"{metrics.get('sentiment_undecodable', 0)} undecodable"
+              + (f"; scored in {metrics['sentiment_precision']} on {metrics.get('sentiment_device')}"
+                 if metrics.get("sentiment_precision") else ""))
     print(f"report: {run_dir / 'report.html'}")
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """``python -m engine.run [-m] key=value ...``: the whole config (every job of a sweep) is validated before
+    Hydra creates any folder; a mistake prints one line ``newsbt: error: <key>: <what is wrong>``, exit status 2.
+
+    >>> cli(["strategy=regression", "strategy.threshold=0.001"])
+    """
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        preflight(sys.argv[1:])
+    except NewsbtError as error:
+        report_and_exit(error)
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from engine.errors import ConfigError
+from engine.config import PositiveInt
 from engine.strategy import Rule, threshold_exposure
 
 
@@ -22,7 +22,9 @@ class SentimentRule(Rule):
 
     name = "sentiment"
 
-    def __init__(self, window_sessions: int, threshold: float, allow_short: bool, baseline_sessions: int | None = None):
+    # The annotations are the parameters' schema (engine.config checks strategy.* against them before a run).
+    def __init__(self, window_sessions: PositiveInt, threshold: float, allow_short: bool,
+                 baseline_sessions: PositiveInt | None = None):
         self.window_sessions = window_sessions
         self.threshold = threshold
         self.allow_short = allow_short
@@ -30,12 +32,6 @@ class SentimentRule(Rule):
 
     def score(self, features: pd.DataFrame) -> pd.Series:
         """The rolling mean sentiment, less its trailing baseline when configured."""
-        for key in ("window_sessions", "baseline_sessions"):
-            value = getattr(self, key)
-            if key == "baseline_sessions" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"strategy.{key}: must be a positive integer, got {value!r}")
         by_ticker = features["sentiment"].groupby(level="ticker", sort=False)
         recent = by_ticker.transform(lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
         if self.baseline_sessions is None:

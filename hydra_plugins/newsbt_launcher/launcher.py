@@ -24,7 +24,16 @@ class NewsbtLauncher(Launcher):
         self.hydra_context = hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from engine.config import report_and_exit, validate_launcher
+        from engine.errors import NewsbtError
         from engine.grid import launch_sweep
 
         assert self.config is not None and self.hydra_context is not None
+        # `python -m engine.run -m` checked all this before Hydra started; checked again for any other caller,
+        # before a run starts (a misspelt metric would otherwise fail only after every run).
+        parameters = sorted({override.partition("=")[0].lstrip("+~") for job in job_overrides for override in job})
+        try:
+            validate_launcher(self.options, parameters)
+        except NewsbtError as error:
+            report_and_exit(error)
         return launch_sweep(self.hydra_context, self.config, job_overrides, initial_job_idx, **self.options)
