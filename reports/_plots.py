@@ -119,3 +119,29 @@ def topic_chart(signals: pd.DataFrame, topic_columns: list[str], labels: dict[st
     _date_axis(axis)
     axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _image(figure, "topic prevalence")
+
+
+def comparison_chart(strategies: dict[str, pd.Series], benchmarks: dict[str, pd.Series]) -> str:
+    """Growth of 1 (top) and drawdown below the running peak (bottom) of each run's daily returns, overlaid;
+    ``benchmarks`` are drawn dashed on the top panel. Series are indexed by date."""
+    figure = Figure(figsize=(WIDTH_INCHES, 6.4))
+    growth_axis, drawdown_axis = figure.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    for label, returns in strategies.items():
+        wealth = (1.0 + returns.astype("float64")).cumprod()
+        # The peak starts at the initial wealth 1, as in reports.metrics.
+        drawdown = wealth / np.maximum(wealth.cummax(), 1.0) - 1.0
+        dates = pd.DatetimeIndex(returns.index).to_numpy()
+        (line,) = growth_axis.plot(dates, wealth.to_numpy(), linewidth=1.2, label=_label(label))
+        drawdown_axis.plot(dates, 100 * drawdown.to_numpy(), linewidth=1.0, color=line.get_color())
+    for label, returns in benchmarks.items():
+        wealth = (1.0 + returns.astype("float64")).cumprod()
+        growth_axis.plot(pd.DatetimeIndex(returns.index).to_numpy(), wealth.to_numpy(), linewidth=1.0,
+                         linestyle="--", color="grey", alpha=0.8, label=_label(label))
+    growth_axis.axhline(1.0, color="grey", linewidth=0.6)
+    growth_axis.set_ylabel("growth of 1")
+    growth_axis.set_title("Equity curves (growth of 1) and drawdowns", fontsize=10)
+    growth_axis.legend(fontsize=8, loc="upper left")
+    drawdown_axis.set_ylabel("drawdown (%)")
+    for axis in (growth_axis, drawdown_axis):
+        _date_axis(axis)
+    return _image(figure, "equity curves and drawdowns")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +19,10 @@ from scipy import stats
 
 from engine.errors import ConfigError, DataError
 from reports import _plots
-from reports._html import _integer, _number, _percent, _table, _write_text_atomic
+from reports._html import (
+    SORT_SCRIPT, _cell, _document, _finite, _href, _integer, _link, _number, _number_cell, _percent, _table,
+    _write_text_atomic,
+)
 
 # The results' Sharpe columns are annualised with this many daily returns a year (reports.metrics' default);
 # the deflated Sharpe ratio works in daily units, so they are divided by its square root first.
@@ -55,54 +56,11 @@ METRIC_FORMATS: dict[str, Callable[[Any], str]] = {
     "elapsed_seconds": _number(1),
 }
 
-PAGE_STYLE = """<style>
-body{margin:30px;font:13px/1.4 Arial,sans-serif;color:#222}.container{max-width:1200px;margin:auto}
-h1{font-size:24px}h2{font-size:18px;margin:30px 0 10px;border-bottom:1px solid #ddd}
-img{max-width:100%}p.note{color:#555}table{border-spacing:0;margin:0 0 20px}
-td,th{padding:3px 8px;text-align:right;border-bottom:1px solid #eee;vertical-align:top}
-thead th{font-weight:700;background:#eee}td:first-of-type,th:first-of-type{text-align:left}
-table.sortable thead th{cursor:pointer;white-space:nowrap}
-table.sortable thead th[data-order=ascending]::after{content:" \\25B2"}
-table.sortable thead th[data-order=descending]::after{content:" \\25BC"}
-td.text{text-align:left}td.error{text-align:left;white-space:pre-wrap;max-width:420px;color:#a00}
-tr.best td{background:#eef7ee}tr.failed td{background:#fbeeee}dl.summary dt{font-weight:700;float:left;
-clear:left;width:230px}dl.summary dd{margin:0 0 4px 240px}
-</style>"""
-
-# Click a header to sort by it (again to reverse); numbers compare as numbers, missing cells stay last.
-SORT_SCRIPT = """<script>
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  var headers = table.querySelectorAll("thead th");
-  headers.forEach(function (header, column) {
-    header.addEventListener("click", function () {
-      var ascending = header.getAttribute("data-order") !== "ascending";
-      headers.forEach(function (other) { other.removeAttribute("data-order"); });
-      header.setAttribute("data-order", ascending ? "ascending" : "descending");
-      var body = table.tBodies[0];
-      var rows = Array.prototype.slice.call(body.rows);
-      function key(row) {
-        var cell = row.cells[column];
-        return cell.hasAttribute("data-value") ? cell.getAttribute("data-value") : cell.textContent;
-      }
-      rows.sort(function (a, b) {
-        var x = key(a), y = key(b);
-        if (x === "" || y === "") { return (x === "") - (y === ""); }
-        var nx = Number(x), ny = Number(y);
-        var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return ascending ? order : -order;
-      });
-      rows.forEach(function (row) { body.appendChild(row); });
-    });
-  });
-});
-</script>"""
 
 
 # ---------------------------------------------------------------- probabilistic and deflated Sharpe ratio
 
 
-def _finite(*values: Any) -> bool:
-    return all(v is not None and isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in values)
 
 
 def expected_maximum_sharpe(sharpe_trials_std: float, n_trials: int) -> float:
@@ -193,33 +151,12 @@ def _parameter_order(text: str) -> tuple[int, float, str]:
     return (0, number, text) if math.isfinite(number) else (1, 0.0, text)
 
 
-def _cell(text: str, sort_value: str | None = None, css: str | None = None) -> str:
-    attributes = f' class="{css}"' if css else ""
-    if sort_value is not None:
-        attributes += f' data-value="{html.escape(sort_value)}"'
-    return f"<td{attributes}>{html.escape(text)}</td>"
-
-
-def _number_cell(value: Any, format_value: Callable[[Any], str]) -> str:
-    finite = _finite(value)
-    return _cell(format_value(value if finite else None), repr(float(value)) if finite else "")
-
-
 def _report_href(run_dir: Any, page_folder: Path) -> str | None:
     """``run_dir/report.html`` as a link from the page's folder: relative when possible, else a file URI.
     A relative ``run_dir`` is taken from the current folder (the runner's)."""
     if _missing(run_dir) or not str(run_dir).strip():
         return None
-    target = (Path(str(run_dir)) / "report.html").resolve()
-    try:
-        relative = os.path.relpath(target, page_folder.resolve())
-    except ValueError:  # another drive (Windows): no relative path exists
-        return target.as_uri()
-    return urllib.parse.quote(Path(relative).as_posix())
-
-
-def _link(href: str | None, text: str) -> str:
-    return f'<a href="{html.escape(href)}">{html.escape(text)}</a>' if href else "–"
+    return _href(Path(str(run_dir)) / "report.html", page_folder)
 
 
 # ---------------------------------------------------------------- sections
@@ -494,14 +431,7 @@ def write_sweep_summary(
     page_folder = path.parent
     frame = _numeric_frame(results, metric)
     summary, best = _best_section(frame, metric, page_folder, n_observations, best_skew, best_kurtosis)
-    escaped_title = html.escape(title)
     body = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escaped_title}</title>",
-        PAGE_STYLE,
-        '</head><body><div class="container">',
-        f"<h1>{escaped_title}</h1>",
         summary,
         "<h2>Signal cache</h2>",
         _cache_section(cache_stats),
@@ -512,10 +442,7 @@ def write_sweep_summary(
         "<h2>All runs</h2>",
         '<p class="note">Click a column header to sort by it; click again to reverse.</p>',
         _runs_table(frame, params, metric, page_folder, best),
-        "</div>",
-        SORT_SCRIPT,
-        "</body></html>",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_text_atomic("\n".join(body), path)
+    _write_text_atomic(_document(title, body, (SORT_SCRIPT,)), path)
     return path

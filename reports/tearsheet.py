@@ -6,6 +6,7 @@ Reads only the run folder's files (see ``write_tearsheet``); every piece of text
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 import uuid
@@ -18,7 +19,7 @@ import yaml
 
 from engine.errors import DataError
 from reports import _plots
-from reports._html import _date, _integer, _number, _percent, _table, _write_text_atomic
+from reports._html import NO_FAVICON, _date, _integer, _number, _number_cell, _percent, _table, _write_text_atomic
 from reports.metrics import drawdown_periods, forecast_metrics, information_coefficients, performance_metrics, signal_columns
 
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -40,7 +41,7 @@ TRAILING_NUMBER = re.compile(r"(\d+)(?:\.0)?$")
 SECTION_STYLE = """<style>
 #newsbt-risk{clear:both;padding-top:10px}#newsbt-risk h2{font-size:20px;margin:10px 0 20px}
 #newsbt-risk table{margin:0 0 30px;width:auto;min-width:50%}#newsbt-risk td,#newsbt-risk th{padding:3px 10px}
-#newsbt-risk p.note{color:#555}
+#newsbt-risk p.note{color:#555}#newsbt-risk table.metrics th{text-align:left;font-weight:400}
 </style>"""
 STANDALONE_STYLE = """<style>
 body{margin:30px;font:13px/1.4 Arial,sans-serif}.container{max-width:960px;margin:auto}img{width:100%}
@@ -115,7 +116,57 @@ def _default_title(run_dir: Path) -> str:
     return strategy or dataset or run_dir.name
 
 
+def _sentiment_label(run_dir: Path) -> str:
+    """The title's suffix " (sentiment fp32 on cpu)": the precision and device the transformer scored in
+    (metrics.json), which change its scores; empty for runs without them (lexicon sentiment)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    if not isinstance(metrics, dict) or not metrics.get("sentiment_precision"):
+        return ""
+    return f" (sentiment {metrics['sentiment_precision']} on {metrics.get('sentiment_device', '?')})"
+
+
 # ---------------------------------------------------------------- sections
+
+
+def _metric_table(heading: str, columns: list[str], rows: list[tuple[str, list[tuple[object, object, str | None]]]]) -> str:
+    """A table of numbers, one row per (label, cells); each cell is (value, format, metrics.json key or None).
+    A keyed cell carries ``data-metric`` and its full value in ``data-value``, so a reader (or a test) can check
+    it against metrics.json."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [heading, *columns])
+    lines = ['<table class="metrics">', f"<thead><tr>{head}</tr></thead>", "<tbody>"]
+    for label, cells in rows:
+        tds = "".join(
+            _number_cell(value, format_value, {"data-metric": key} if key else None) for value, format_value, key in cells
+        )
+        lines.append(f"<tr><th>{html.escape(label)}</th>{tds}</tr>")
+    lines.append("</tbody></table>")
+    return "\n".join(lines)
+
+
+HEADLINE_ROWS = [
+    ("Sharpe ratio (annual)", "sharpe", _number(2)),
+    ("CAGR", "cagr", _percent),
+    ("Total return", "total_return", _percent),
+    ("Max drawdown", "max_drawdown", _percent),
+    ("VaR 95% (historical, daily)", "var_95", _percent),
+]
+
+
+def _headline_table(strategy: dict, buy_and_hold: dict) -> str:
+    rows = [
+        (label, [(strategy[key], format_value, key), (buy_and_hold[key], format_value, f"benchmark_{key}")])
+        for label, key, format_value in HEADLINE_ROWS
+    ]
+    rows.append(("Closed trades", [(strategy["trades"], _integer, "trades"), (None, _integer, None)]))
+    note = (
+        '<p class="note">Every session of the run (these are the figures of metrics.json). QuantStats\' part above '
+        "starts at the first session where both the strategy and buy-and-hold moved (matched dates), and computes "
+        "CAGR over calendar days: its figures can differ.</p>"
+    )
+    return "<h3>Headline</h3>\n" + note + "\n" + _metric_table("Metric", [STRATEGY_LABEL, BENCHMARK_LABEL], rows)
 
 
 def _risk_tables(returns: pd.Series, benchmark: pd.Series, trades: int | None) -> str:
@@ -148,6 +199,7 @@ def _risk_tables(returns: pd.Series, benchmark: pd.Series, trades: int | None) -
         index=pd.Index(["Closed trades", "Beta", "Alpha (annual)", "Information ratio (annual)"], name="Against buy and hold"),
     )
     parts = [
+        _headline_table(strategy, buy_and_hold),
         "<h3>Tail risk and drawdown</h3>",
         '<p class="note">VaR and CVaR are daily returns: a loss is negative. CVaR is the mean return at or below the VaR.</p>',
         _table(table),
@@ -197,15 +249,15 @@ def _signal_section(signals: pd.DataFrame) -> str:
 def _forecast_section(predictions: pd.DataFrame) -> str:
     numbers = forecast_metrics(predictions)
     rows = [
-        ("Out-of-sample predictions", _integer(numbers["n"])),
-        ("MSE", _number(8)(numbers["mse"])),
-        ("Naive MSE (always 0)", _number(8)(numbers["naive_zero_mse"])),
-        ("R² out of sample (vs 0 forecast)", _number(4)(numbers["r2_oos"])),
-        ("R² (vs mean)", _number(4)(numbers["r2"])),
-        ("Hit rate (sign)", _percent(numbers["hit_rate"])),
+        ("Out-of-sample predictions", "n", _integer),
+        ("MSE", "mse", _number(8)),
+        ("Naive MSE (always 0)", "naive_zero_mse", _number(8)),
+        ("R² out of sample (vs 0 forecast)", "r2_oos", _number(4)),
+        ("R² (vs mean)", "r2", _number(4)),
+        ("Hit rate (sign)", "hit_rate", _percent),
     ]
-    table = pd.DataFrame({"Value": [v for _, v in rows]}, index=pd.Index([k for k, _ in rows], name="Forecast"))
-    return "<h3>Regression forecasts</h3>\n" + _table(table)
+    cells = [(label, [(numbers[key], format_value, f"oos_{key}")]) for label, key, format_value in rows]
+    return "<h3>Regression forecasts</h3>\n" + _metric_table("Forecast", ["Value"], cells)
 
 
 def _latest_window(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, int]:
@@ -221,7 +273,9 @@ def _regime_section(signals: pd.DataFrame | None, regime_map: pd.DataFrame | Non
     if regime_map is not None and len(regime_map):
         latest, start, windows = _latest_window(regime_map)
         parts.append(f'<p class="note">Regime map of the latest of {windows} walk-forward windows (start {html.escape(start)}).</p>')
-        parts.append(_table(latest.reset_index(drop=True), {"mean_return": _percent, "t_stat": _number(2)}, index=False))
+        # Regime labels are integers; the CSV holds them as floats (0.0) when the regime column had gaps.
+        formats = {"regime": _integer, "count": _integer, "mean_return": _percent, "t_stat": _number(2)}
+        parts.append(_table(latest.reset_index(drop=True), formats, index=False))
     return "<h3>Regimes</h3>\n" + "\n".join(parts) if parts else ""
 
 
@@ -291,6 +345,25 @@ def _risk_and_model_section(run_dir: Path, returns: pd.Series, benchmark: pd.Ser
 # ---------------------------------------------------------------- QuantStats part and assembly
 
 
+def _matched_dates(strategy: pd.Series, benchmark: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Both series from the first session where both have moved: QuantStats' own ``match_dates`` rule, applied
+    before QuantStats sees them. QuantStats 0.0.86 trims both series so but builds its end-of-year table from the
+    untrimmed benchmark, which then shows the years before the strategy's first move as "nan%" rows."""
+    start = max(strategy.ne(0).idxmax(), benchmark.ne(0).idxmax())
+    return strategy.loc[start:], benchmark.loc[start:]
+
+
+def _offline(document: str) -> str:
+    """QuantStats 0.0.86's page made to show offline without errors or missing glyphs:
+    its template links https://qtpylib.io/favicon.ico (a network request; an inline empty icon instead), its
+    ``<body onload="save()">`` calls a function the page never defines (a ReferenceError in the console), and
+    its CAGR label ends in U+FE6A SMALL PERCENT SIGN, which common fonts lack (a missing-glyph box)."""
+    document = re.sub(r"<link\b[^>]*\brel=\"(?:shortcut )?icon\"[^>]*>", "", document, flags=re.I)
+    document = re.sub(r"<head>", lambda _: "<head>\n" + NO_FAVICON, document, count=1, flags=re.I)
+    document = re.sub(r"<body\s+onload=\"save\(\)\"\s*>", "<body>", document, count=1, flags=re.I)
+    return document.replace("CAGR\ufe6a", "CAGR")
+
+
 def _quantstats_html(run_dir: Path, returns: pd.Series, benchmark: pd.Series, title: str) -> tuple[str | None, str]:
     """QuantStats' tear sheet as text, or None and the reason it was skipped."""
     paired = pd.concat([returns, benchmark], axis=1).dropna()
@@ -304,13 +377,21 @@ def _quantstats_html(run_dir: Path, returns: pd.Series, benchmark: pd.Series, ti
         return None, "The strategy's daily returns are constant (no position taken?): QuantStats' tear sheet is skipped."
     use_benchmark = buy_and_hold if buy_and_hold.nunique() >= 2 else None
     note = "" if use_benchmark is not None else "Buy-and-hold returns are constant: the QuantStats part has no benchmark."
+    if use_benchmark is not None:
+        strategy, use_benchmark = _matched_dates(strategy, use_benchmark)
+        if len(strategy) < MIN_QUANTSTATS_SESSIONS:
+            return None, (
+                f"Only {len(strategy)} session(s) from the first one where both the strategy and buy-and-hold moved:"
+                f" too few for the QuantStats tear sheet (needs {MIN_QUANTSTATS_SESSIONS})."
+            )
     import quantstats  # slow to import (~1.5 s): only when a tear sheet is written; _plots already chose Agg
 
     temporary = run_dir / f".report.html.{uuid.uuid4().hex}.quantstats.tmp"
     try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            # QuantStats' yearly bar chart relabels ticks without fixing them first (quantstats 0.0.86).
-            warnings.filterwarnings("ignore", message=r"set_ticklabels\(\) should only be used", category=UserWarning)
+        # pandas 3 draws a bar chart of a time series at the periods' ordinals under a date locator; QuantStats'
+        # end-of-year chart then labels ticks 0, 1, ... by position, one year off the bars. x_compat keeps the
+        # bars at 0, 1, ... with fixed ticks (its only pandas .plot call; its other charts use matplotlib).
+        with warnings.catch_warnings(), np.errstate(all="ignore"), pd.plotting.plot_params.use("x_compat", True):
             # Deprecations raised inside QuantStats and seaborn against pandas 3 / matplotlib 3.11: theirs to fix.
             for category in (DeprecationWarning, PendingDeprecationWarning):
                 warnings.filterwarnings("ignore", category=category, module=r"(quantstats|seaborn)\.")
@@ -322,7 +403,7 @@ def _quantstats_html(run_dir: Path, returns: pd.Series, benchmark: pd.Series, ti
                 strategy_title=STRATEGY_LABEL,
                 benchmark_title=BENCHMARK_LABEL,
             )
-        return temporary.read_text(encoding="utf-8"), note
+        return _offline(temporary.read_text(encoding="utf-8")), note
     except Exception as error:  # noqa: BLE001 - a QuantStats failure must not lose the rest of the report
         return None, f"QuantStats could not build its tear sheet ({type(error).__name__}: {error})."
     finally:
@@ -338,6 +419,7 @@ def _compose(quantstats_html: str | None, note: str, section: str, title: str) -
             [
                 "<!DOCTYPE html>",
                 '<html lang="en"><head><meta charset="utf-8">',
+                NO_FAVICON,
                 f"<title>{escaped_title}</title>",
                 STANDALONE_STYLE,
                 "</head><body>",
@@ -366,7 +448,7 @@ def write_tearsheet(run_dir: Path, title: str | None = None) -> Path:
     """
     run_dir = Path(run_dir)
     returns, benchmark = _load_equity(run_dir)
-    title = title or _default_title(run_dir)
+    title = (title or _default_title(run_dir)) + _sentiment_label(run_dir)
     section = _risk_and_model_section(run_dir, returns, benchmark)
     quantstats_html, note = _quantstats_html(run_dir, returns, benchmark, title)
     path = run_dir / "report.html"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 import warnings
 from pathlib import Path
@@ -235,7 +236,7 @@ def write_run(run_dir: Path, sessions: int, optional: bool = True) -> None:
     pd.DataFrame(
         {
             "window_start": ["2023-01-02"] * 3 + ["2023-03-01"] * 3,
-            "regime": [0, 1, 2] * 2,
+            "regime": [0.0, 1.0, 2.0] * 2,  # floats, as a run writes them (the regime column has gaps)
             "mean_return": [0.001, -0.002, 0.0005] * 2,
             "t_stat": [2.1, -1.5, 0.3] * 2,
             "count": [40, 30, 20] * 2,
@@ -269,6 +270,8 @@ def test_tearsheet_with_every_section(tmp_path, capfd):
                     "Regression forecasts", "Regimes", "Topics", "Information coefficients"]:
         assert heading in text, heading
     assert text.count("data:image/png;base64,") == 3  # signal, regime and topic charts
+    regimes = text[text.index("<h3>Regimes</h3>"):text.index("<h3>Topics</h3>")].split("<tbody>")[1]
+    assert re.findall(r"<tr><td>(.*?)</td><td>(.*?)</td>", regimes) == [("0", "0.10%"), ("1", "-0.20%"), ("2", "0.05%")]
     assert text.index("Risk and model") < text.rindex("</body>")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["config.yaml", "equity.csv", "metrics.json", "predictions.csv", "regime_map.csv", "report.html",
@@ -295,3 +298,262 @@ def test_tearsheet_of_a_strategy_that_never_trades(tmp_path):
     text = write_tearsheet(tmp_path).read_text(encoding="utf-8")
     assert "daily returns are constant" in text and "Key Performance Metrics" not in text
     assert "<title>cluster on demo&lt;i&gt;</title>" in text
+
+
+# --- the tear sheet shows right and offline (QuantStats 0.0.86's glitches, worked around in reports.tearsheet) ---
+
+
+@pytest.fixture(scope="module")
+def short_report(tmp_path_factory) -> tuple[str, pd.DataFrame]:
+    """The tear sheet text of an 80-session planted run, and its equity.csv."""
+    run_dir = tmp_path_factory.mktemp("short")
+    write_run(run_dir, sessions=80, optional=False)
+    return write_tearsheet(run_dir).read_text(encoding="utf-8"), pd.read_csv(run_dir / "equity.csv")
+
+
+def test_tearsheet_asks_no_server_for_an_icon_and_calls_no_undefined_function(short_report):
+    text, _ = short_report
+    assert "Key Performance Metrics" in text
+    assert "qtpylib" not in text  # QuantStats' template links https://qtpylib.io/favicon.ico
+    icons = re.findall(r"<link\b[^>]*\brel=\"(?:shortcut )?icon\"[^>]*>", text)
+    assert icons == ['<link rel="icon" href="data:,">']
+    assert "onload" not in text and "save()" not in text  # the template's <body onload="save()">: save is undefined
+
+
+def test_tearsheet_cagr_label_is_plain_text(short_report):
+    text, _ = short_report
+    assert "\ufe6a" not in text  # SMALL PERCENT SIGN: a missing-glyph box in common fonts
+    assert re.search(r"<tr><td>CAGR</td><td>-?[0-9.]+%</td>", text)
+
+
+def test_headline_cells_carry_the_metrics(short_report):
+    text, equity = short_report
+    cells = {key: value for value, key in re.findall(r'<td data-value="([^"]*)" data-metric="([^"]*)">', text)}
+    returns = equity["returns"].to_numpy()
+    sharpe = returns.mean() / returns.std(ddof=1) * math.sqrt(252)
+    assert float(cells["sharpe"]) == pytest.approx(sharpe, rel=1e-12)
+    assert float(cells["total_return"]) == pytest.approx(np.prod(1 + returns) - 1, rel=1e-12)
+    benchmark = equity["benchmark_returns"].to_numpy()
+    assert float(cells["benchmark_total_return"]) == pytest.approx(np.prod(1 + benchmark) - 1, rel=1e-12)
+    assert float(cells["trades"]) == 0  # trades.csv has no row
+    assert f'data-metric="sharpe">{sharpe:.2f}</td>' in text
+
+
+def test_end_of_year_table_and_chart_start_at_the_first_matched_year(tmp_path, monkeypatch):
+    from quantstats._plotting import core
+
+    charts = []
+    original = core.plot_returns_bars
+
+    def keep_figure(*args, **kwargs):
+        figure = original(*args, **kwargs)
+        charts.append(figure)
+        return figure
+
+    monkeypatch.setattr(core, "plot_returns_bars", keep_figure)
+    write_run(tmp_path, sessions=700, optional=False)  # 2023-01-02 .. 2025-09-05
+    # The strategy stays flat through 2023; buy-and-hold moves all along.
+    equity = pd.read_csv(tmp_path / "equity.csv")
+    equity.loc[equity["date"] < "2024-01-01", "returns"] = 0.0
+    equity.to_csv(tmp_path / "equity.csv", index=False)
+    dates = pd.DatetimeIndex(equity["date"])
+    returns = pd.Series(equity["returns"].to_numpy(), index=dates)
+    benchmark = pd.Series(equity["benchmark_returns"].to_numpy(), index=dates)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        text = write_tearsheet(tmp_path).read_text(encoding="utf-8")
+    assert [str(w.message) for w in caught] == []
+    # Each year's return compounded by hand, from the first matched session (2024-01-02, where both move).
+    yearly = {
+        year: (np.prod(1 + returns[dates.year == year].to_numpy()) - 1, np.prod(1 + benchmark[dates.year == year].to_numpy()) - 1)
+        for year in (2024, 2025)
+    }
+
+    # The table: QuantStats 0.0.86 also listed 2023, where the strategy has no return, as "2023 ... nan".
+    table = re.search(r'<div id="eoy">.*?<tbody>(.*?)</tbody>', text, re.S).group(1)
+    rows = [re.findall(r"<td>(.*?)</td>", row) for row in re.findall(r"<tr>.*?</tr>", table)]
+    assert [row[0] for row in rows] == ["2024", "2025"]
+    for row in rows:
+        strategy_return, benchmark_return = yearly[int(row[0])]
+        assert float(row[1]) == pytest.approx(100 * benchmark_return, abs=0.006)
+        assert float(row[2]) == pytest.approx(100 * strategy_return, abs=0.006)
+    assert "nan" not in table
+
+    # The bar chart: each strategy bar sits on the tick labelled with its year (pandas 3 put QuantStats' labels
+    # one year off the bars).
+    (figure,) = charts
+    axis = figure.axes[0]
+    labels = dict(zip(axis.get_xticks(), (t.get_text() for t in axis.get_xticklabels())))
+    strategy_bars = axis.containers[1]  # buy-and-hold first, then the strategy
+    heights = {labels[round(bar.get_x() + bar.get_width() / 2)]: bar.get_height() for bar in strategy_bars}
+    assert sorted(heights) == ["2024", "2025"]
+    for year, (strategy_return, _) in yearly.items():
+        assert heights[str(year)] == pytest.approx(strategy_return), year
+
+
+# --- the index of runs and the comparison page -------------------------------------------------------------------
+
+
+def composed_config(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def plant_finished_run(folder: Path, config: dict, metrics: dict, hydra: dict | None = None) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "report.html").write_text("<html></html>")
+    for name, content in (hydra or {}).items():
+        (folder / ".hydra").mkdir(exist_ok=True)
+        (folder / ".hydra" / name).write_text(yaml.safe_dump(content))
+
+
+def plant_sweep(folder: Path, rows: list[tuple[str, str, float | None]], summary: bool = True) -> None:
+    import duckdb
+
+    folder.mkdir(parents=True)
+    frame = pd.DataFrame(rows, columns=["run_id", "status", "sharpe"])
+    frame["finished_at"] = pd.Timestamp("2024-05-06 07:08:09")
+    with duckdb.connect(str(folder / "results.duckdb")) as connection:
+        connection.register("frame", frame)
+        connection.execute("CREATE TABLE runs AS SELECT * FROM frame")
+    if summary:
+        (folder / "summary.html").write_text("<html></html>")
+
+
+def index_rows(text: str) -> dict[str, list[str]]:
+    body = re.search(r'<table id="runs".*?<tbody>(.*?)</tbody>', text, re.S).group(1)
+    return {name: re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+            for name, row in re.findall(r'<tr[^>]*data-run="([^"]*)">(.*?)</tr>', body, re.S)}
+
+
+def test_index_of_runs_and_sweeps(tmp_path, capsys):
+    from reports.index import main, write_index
+
+    runs, sweeps = tmp_path / "runs", tmp_path / "sweeps"
+    # A Hydra run folder: strategy=cluster and two keys changed; report.enabled=true is the default, so it is
+    # no difference, and the other cluster keys come with the group choice.
+    config = composed_config("strategy=cluster", "strategy.min_count=7", "signals.sentiment=lexicon")
+    choices = {"strategy": "cluster", "data": "djia", "signals": "default", "broker": "default", "risk": "default",
+               "report": "default", "walk_forward": "default", "hydra/launcher": "newsbt"}
+    plant_finished_run(
+        runs / "20240102-030405-cluster-djia", config,
+        {"sharpe": 1.23456, "cagr": 0.105, "max_drawdown": -0.2, "var_95": -0.0123, "oos_mse": None},
+        hydra={"overrides.yaml": ["strategy=cluster", "strategy.min_count=7", "signals.sentiment=lexicon",
+                                  "report.enabled=true"],
+               "hydra.yaml": {"hydra": {"runtime": {"choices": choices}}}},
+    )
+    # No .hydra: the data and strategy groups are read from their name keys.
+    config = composed_config("data=csv", "strategy=regression", "data.prices.path=p.csv", "strategy.alpha=100")
+    plant_finished_run(runs / "20240103-000000-regression-csv", config,
+                       {"sharpe": -0.5, "cagr": -0.01, "max_drawdown": -0.3, "var_95": -0.02, "oos_mse": 2.5e-05})
+    (runs / "20240104-000000-running" / ".hydra").mkdir(parents=True)  # Hydra's folder only: still running
+    (runs / "20240104-000000-running" / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"strategy": {"name": "sentiment"}, "data": {"name": "djia"}}))
+    (runs / "20240105-000000-badjson").mkdir()
+    (runs / "20240105-000000-badjson" / "metrics.json").write_text("{not json")
+    (runs / "20240106-000000-badyaml").mkdir()
+    (runs / "20240106-000000-badyaml" / "metrics.json").write_text("{}")
+    (runs / "20240106-000000-badyaml" / "config.yaml").write_text("a: [unclosed")
+    (runs / ".hidden").mkdir()
+    (runs / "notes.txt").write_text("not a run")
+    plant_sweep(sweeps / "djia", [("a", "ok", 1.5), ("b", "ok", 0.5), ("c", "error", None)])
+    plant_sweep(sweeps / "stocknet", [("a", "ok", 0.1)], summary=False)
+    (sweeps / "broken").mkdir()
+    (sweeps / "broken" / "results.duckdb").write_bytes(b"not a database")
+    (sweeps / "broken" / "summary.html").write_text("<html></html>")
+
+    path = write_index(runs, sweeps)
+    assert path == runs / "index.html"
+    assert sorted(p.name for p in runs.iterdir() if p.is_file()) == ["index.html", "notes.txt"]
+    text = path.read_text(encoding="utf-8")
+    rows = index_rows(text)
+    assert list(rows) == ["20240106-000000-badyaml", "20240105-000000-badjson", "20240104-000000-running",
+                          "20240103-000000-regression-csv", "20240102-030405-cluster-djia"]  # newest first
+    hydra_run = rows["20240102-030405-cluster-djia"]
+    assert hydra_run[1:5] == ["2024-01-02 03:04:05", "ok", "cluster", "djia"]
+    assert hydra_run[5] == "<code>strategy=cluster signals.sentiment=lexicon strategy.min_count=7</code>"
+    assert hydra_run[6:11] == ["1.23", "10.50%", "-20.00%", "-1.23%", "–"]
+    assert hydra_run[11] == '<a href="20240102-030405-cluster-djia/report.html">report</a>'
+    csv_run = rows["20240103-000000-regression-csv"]
+    assert csv_run[5] == "<code>data=csv strategy=regression data.prices.path=p.csv strategy.alpha=100</code>"
+    assert csv_run[10] == "0.00002500"
+    assert rows["20240104-000000-running"][2:5] == [
+        "incomplete: no metrics.json: still running, or stopped before the end", "sentiment", "djia"]
+    assert rows["20240104-000000-running"][11] == "–"
+    assert rows["20240105-000000-badjson"][2].startswith("unreadable: metrics.json: cannot read (JSONDecodeError")
+    assert rows["20240106-000000-badyaml"][2].startswith("unreadable: config.yaml: cannot read")
+    assert 'data-value="1.23456" data-metric="sharpe"' in text
+
+    sweep_rows = dict(re.findall(r'<tr data-sweep="([^"]*)">(.*?)</tr>', text, re.S))
+    assert sorted(sweep_rows) == ["broken", "djia", "stocknet"]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", sweep_rows["djia"])
+    assert cells == ["djia", "ok", "3", "2", "1.50", "2024-05-06 07:08:09",
+                     '<a href="../sweeps/djia/summary.html">summary</a>']
+    assert re.findall(r"<td[^>]*>(.*?)</td>", sweep_rows["stocknet"])[1:4] == [
+        "no summary.html yet: running, or stopped before the end", "1", "1"]
+    assert re.findall(r"<td[^>]*>(.*?)</td>", sweep_rows["broken"])[1].startswith("results.duckdb unreadable")
+    assert "http://" not in text and "https://" not in text
+
+    assert main(["--runs", str(tmp_path / "nowhere"), "--sweeps", str(sweeps)]) == 2
+    assert capsys.readouterr().err == f"newsbt: error: {tmp_path / 'nowhere'}: no such folder (paths.runs)\n"
+
+
+def plant_compared_run(folder: Path, sharpe: float, trades: list[str], fills: list[str], min_count: int,
+                       extra: dict | None = None) -> None:
+    write_run(folder, sessions=30, optional=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.update(sharpe=sharpe, news_dropped={"duplicate": 2 if extra else 0})
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "trades.csv").write_text("ticker,opened,closed,size,pnl\n" + "".join(f"{t}\n" for t in trades))
+    (folder / "fills.csv").write_text("date,ticker,size,price\n" + "".join(f"{f}\n" for f in fills))
+    config = {"strategy": {"name": "cluster", "min_count": min_count}, "data": {"name": "djia"}, **(extra or {})}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_comparison_page(tmp_path, capsys):
+    from reports.compare import main
+
+    shared_trade = "AAA,2023-01-03,2023-01-05,10.0,1.5"
+    plant_compared_run(tmp_path / "a", 1.0, [shared_trade, "AAA,2023-01-09,2023-01-10,5.0,-2.25"],
+                       ["2023-01-03,AAA,10.0,100.0"], min_count=5)
+    plant_compared_run(tmp_path / "b", 1.5, [shared_trade, "BBB,2023-01-11,2023-01-12,7.0,0.123456789"],
+                       ["2023-01-03,AAA,10.0,100.0"], min_count=7, extra={"latency_minutes": 5})
+    out = tmp_path / "pages" / "a-vs-b.html"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"comparison: {out}\n"
+    text = out.read_text(encoding="utf-8")
+    assert text.count('src="data:image/png;base64,') == 1
+    sharpe_row = re.search(r"<tr><td class=\"text\">sharpe</td>(.*?)</tr>", text).group(1)
+    assert re.findall(r">([^<]*)</td>", sharpe_row) == ["1.0000", "1.5000", "+0.5000"]
+    assert '<tr class="same"><td class="text">trades</td>' in text  # equal in both runs: greyed
+    assert re.search(r'<td class="text">news_dropped.duplicate</td>.*?>0</td>.*?>2</td>.*?>\+2</td>', text)
+    config = re.search(r'<table id="config">.*?</table>', text, re.S).group(0)
+    assert re.findall(r'<td class="text">(.*?)</td>', config) == [
+        "latency_minutes", "–", "5", "strategy.min_count", "5", "7"]
+    trades = re.search(r'<table id="trades">.*?<tbody>(.*?)</tbody>', text, re.S).group(1)
+    assert [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>.*?</tr>", trades)] == [
+        ["AAA", "2023-01-09", "2023-01-10", "5", "-2.25", "1", "–"],
+        ["BBB", "2023-01-11", "2023-01-12", "7", "0.123457", "–", "1"],
+    ]
+    assert "Trades per run: a 2, b 2. 2 of 3 distinct trades" in text
+    assert "0 of 1 distinct fills" in text and '<table id="fills">' not in text
+
+    (tmp_path / "unfinished").mkdir()
+    for arguments, message in [
+        ([str(tmp_path / "a")], "compare: needs at least two run folders"),
+        ([str(tmp_path / "a"), str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: no such run folder"),
+        ([str(tmp_path / "a"), str(tmp_path / "unfinished")],
+         f"{tmp_path / 'unfinished'}: no metrics.json (not a finished run folder?)"),
+    ]:
+        assert main([*arguments, "--out", str(tmp_path / "bad.html")]) == 2
+        assert capsys.readouterr().err == f"newsbt: error: {message}\n"
+    assert not (tmp_path / "bad.html").exists()
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == "newsbt: error: the following arguments are required: RUN\n"
