@@ -1,20 +1,30 @@
 """Parameter sweeps: Hydra's multirun syntax, run in parallel (a process pool, or Ray tasks), results in DuckDB.
 
 ``python -m engine.run -m strategy=regression strategy.threshold=0,0.0005 walk_forward.train_sessions=250,500``
-Every run is keyed by a hash of its resolved config. Runs already done in the sweep folder are skipped, each
-finished run is written to ``results.duckdb`` as soon as it ends (a crash loses only the runs in flight), a
-failing run records its error without stopping the others, and the signals each distinct signal config needs
-are computed once, before the runs, so the runs only read the cache.
+Every run is keyed by a hash of its resolved config; jobs with identical configs are merged into one run. Runs
+already done in the sweep folder are skipped unless their inputs changed since (``run_fingerprint``: the data
+files' contents, the sentiment provider's identity such as its model's weights, newsbt's code and dependency
+versions), each finished run is written to ``results.duckdb`` as soon as it ends (a crash loses only the runs in
+flight), a failing run records its error without stopping the others, and the signals each distinct signal
+config needs are computed once, before the runs, so the runs only read the cache.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import ipaddress
 import json
 import logging
 import multiprocessing
 import os
+import re
+import secrets
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -29,6 +39,7 @@ import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from engine.config import validate_config
 from engine.errors import ConfigError, NewsbtError
 
 log = logging.getLogger("newsbt.grid")
@@ -58,6 +69,129 @@ def signal_key(job: dict) -> str:
     if getattr(get_class(job["strategy"]["_target_"]), "learned", False) and job["signals"]["topics"]["enabled"]:
         part["walk_forward"] = job["walk_forward"]  # topic models are fitted per walk-forward window
     return json.dumps(part, sort_keys=True, default=str)
+
+
+# --- what a run's numbers depend on besides its config ----------------------------------------------------------
+
+# The packages whose code can change a run's numbers (reports/ computes the metrics); hydra_plugins/ only launches.
+CODE_PACKAGES = ("engine", "signals", "strategies", "reports")
+
+
+def code_version() -> dict[str, Any]:
+    """newsbt's version, the SHA-256 of the Python source of ``CODE_PACKAGES`` (so an edit to the code of a
+    source checkout counts, not only a version bump) and the installed versions of newsbt's dependencies.
+
+    >>> code_version()["newsbt"]
+    """
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(folder).rglob("*.py")):
+                digest.update(f"{package}/{path.relative_to(folder).as_posix()}\0".encode())
+                digest.update(path.read_bytes() + b"\0")
+    try:
+        version = importlib.metadata.version("newsbt")
+        requirements = importlib.metadata.requires("newsbt") or []
+    except importlib.metadata.PackageNotFoundError:  # a source tree that was never installed
+        version, requirements = "not installed", []
+    dependencies = {}
+    for requirement in requirements:
+        if "extra ==" not in requirement:
+            name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+            try:
+                dependencies[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                dependencies[name] = None
+    return {"newsbt": version, "source_sha256": digest.hexdigest(), "dependencies": dependencies}
+
+
+class DataHashes:
+    """The files a ``data`` config reads, with their content hashes; each file is hashed once per sweep.
+
+    >>> hashes = DataHashes(); hashes.of(job["data"])  # {"prices": "<sha256>", "news": "<sha256>"}
+    """
+
+    def __init__(self) -> None:
+        self._memo: dict[Path, str] = {}
+
+    def file(self, value: Any) -> str:
+        """SHA-256 of the file at ``value`` (relative paths from the current directory, as the csv loader reads
+        them), or ``missing <path>`` (the run then fails and records why)."""
+        from engine.cache import file_sha256
+
+        path = Path(str(value)).expanduser()
+        path = (path if path.is_absolute() else Path.cwd() / path).resolve()
+        if path not in self._memo:
+            self._memo[path] = file_sha256(path) if path.is_file() else f"missing {path}"
+        return self._memo[path]
+
+    def of(self, data: dict) -> dict[str, Any]:
+        """A catalogued dataset: the catalog's SHA-256 of each of its files (every load checks the files against
+        them, so they stand for the contents). Any other type: the hash of every ``path`` the config names."""
+        from engine.datasets import load_catalog
+
+        kind = data.get("type") or data.get("name")
+        catalog = load_catalog()
+        if kind in catalog:
+            return {f"catalog:{kind}/{entry['path']}": entry["sha256"] for entry in catalog[kind]["files"]}
+        found: dict[str, Any] = {}
+
+        def walk(node: Any, where: str) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "path" and value is not None and not isinstance(value, (dict, list)):
+                        found[where or "path"] = self.file(value)
+                    else:
+                        walk(value, f"{where}.{key}" if where else str(key))
+
+        walk(data, "")
+        return found
+
+
+def execute_fingerprint(job: dict) -> dict:
+    """The sentiment provider's ``params()`` for ``job`` (in a worker): what identifies its output, such as
+    the fingerprint of the transformer model's weights or the lexicon's word lists. Trains the model when it
+    is missing, as the signal preparation would. Never raises: a failure is returned as ``{"error": ...}``."""
+    from engine.cache import project_path
+    from engine.run import make_sentiment_provider
+
+    cfg = OmegaConf.create(job)
+    try:
+        provider = make_sentiment_provider(cfg, [project_path(root) for root in cfg.paths.roots])
+        return json.loads(json.dumps(provider.params(), sort_keys=True, default=str))
+    except Exception as failure:  # noqa: BLE001 - the run fails later with the same error, recorded per run
+        return {"error": f"{type(failure).__name__}: {failure}"}
+
+
+def rule_source_sha256(target: str) -> str | None:
+    """SHA-256 of the module defining a rule ``_target_`` outside newsbt's own packages (already in
+    ``code_version``); None for newsbt's rules or a target that does not load (that run fails and says so)."""
+    from engine.cache import file_sha256
+
+    try:
+        module = importlib.import_module(target.rpartition(".")[0])
+    except Exception:  # noqa: BLE001 - reported by the run itself
+        return None
+    if module.__name__.split(".")[0] in CODE_PACKAGES or not getattr(module, "__file__", None):
+        return None
+    return file_sha256(module.__file__)
+
+
+def run_inputs(job: dict, data: DataHashes, provider_params: dict, code: dict) -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: the data files, the sentiment provider, the code."""
+    return {"data": data.of(job["data"]), "sentiment": provider_params, "code": code,
+            "rule_source": rule_source_sha256(str(job.get("strategy", {}).get("_target_")))}
+
+
+def run_fingerprint(inputs: dict) -> str:
+    """SHA-256 (first 16 hex) of ``run_inputs``: a stored run whose fingerprint differs is stale and re-run."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _provider_key(job: dict) -> str:
+    """Jobs with equal keys build the same sentiment provider."""
+    return json.dumps({key: job.get(key) for key in ("signals", "paths")}, sort_keys=True, default=str)
 
 
 def _init_worker(threads: int) -> None:
@@ -139,35 +273,71 @@ class LocalPool:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+# The shared secret of the private local Ray (token authentication): one per driver process, because Ray's token
+# loader keeps the first token it reads for the life of the process. Kept in the environment of the processes
+# Ray starts, never written to a file.
+_LOCAL_RAY_TOKEN = secrets.token_hex(32)
+
+
 class RaySession:
-    """A Ray connection for one sweep: a private local Ray writing only under the sweep folder (no token),
-    or a given cluster address."""
+    """A Ray connection for one sweep: a private local Ray, or the cluster at ``address`` (the user's choice).
+
+    The private local Ray listens on the loopback interface only (its node IP is 127.0.0.1: Ray's own local-only
+    mode, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``), requires a random token on every connection
+    (``RAY_AUTH_MODE=token``) and writes only under the sweep folder (``RAY_TMPDIR``).
+
+    >>> with RaySession(sweep_dir, workers=2, address=None) as ray_tasks: list(ray_tasks.map(function, calls))
+    """
 
     def __init__(self, sweep_dir: Path, workers: int, address: str | None):
         self.sweep_dir, self.workers, self.address = sweep_dir, workers, address
+        self.ray = self.link = None
+        self._saved_environment: dict[str, str | None] = {}
+        self._saved_cluster_flag: bool | None = None
+
+    def _set_environment(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self._saved_environment.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
 
     def __enter__(self) -> "RaySession":
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__(None, None, None)  # what a failed start set up is undone as after a sweep
+            raise
+
+    def _start(self) -> "RaySession":
         temporary = (self.sweep_dir / "ray").resolve()
         temporary.mkdir(parents=True, exist_ok=True)
-        self.link = None
         if len(str(temporary)) > RAY_TEMP_MAX_CHARS:
             # Ray's socket paths (about 62 characters below its temp dir) must fit in 107 bytes: point a short
-            # link at the folder inside the sweep, so Ray's files still land there.
-            self.link = Path("/tmp") / f"newsbt-ray-{hashlib.sha256(str(temporary).encode()).hexdigest()[:8]}"
-            if self.link.is_symlink() or self.link.exists():
-                self.link.unlink()
+            # link at the folder inside the sweep, so Ray's files still land there. The link lives in a fresh
+            # folder of an unpredictable name (mode 0700), so nothing already in /tmp is ever followed or replaced.
+            short = Path(tempfile.mkdtemp(prefix="newsbt-ray-", dir="/tmp" if Path("/tmp").is_dir() else None))
+            self.link = short / "t"
             self.link.symlink_to(temporary, target_is_directory=True)
             temporary = self.link
-        os.environ["RAY_TMPDIR"] = str(temporary)
+        self._set_environment({"RAY_TMPDIR": str(temporary)})
+        if not self.address:
+            self._set_environment({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                                   "RAY_AUTH_TOKEN": _LOCAL_RAY_TOKEN})
         import ray
 
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
         if self.address:
             ray.init(address=self.address, **options)
         else:
+            from ray._private import ray_constants
+
+            # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when first imported: this process may have imported it
+            # before the variable was set.
+            self._saved_cluster_flag, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
             ray.init(num_cpus=self.workers, _temp_dir=str(temporary), **options)
         self.ray = ray
+        if not self.address and not _is_loopback(ray.util.get_node_ip_address()):
+            raise NewsbtError(f"the private local Ray took node IP {ray.util.get_node_ip_address()} instead of "
+                              "the loopback address; refusing to run it reachable from the network")
         return self
 
     def map(self, function: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
@@ -180,10 +350,30 @@ class RaySession:
                 yield pending.pop(reference), self.ray.get(reference)
 
     def __exit__(self, *exc) -> None:
-        if getattr(self, "ray", None) is not None:
+        if self.ray is not None:
             self.ray.shutdown()
-        if getattr(self, "link", None) is not None and self.link.is_symlink():
-            self.link.unlink()
+        if self._saved_cluster_flag is not None:
+            from ray._private import ray_constants
+
+            ray_constants.ENABLE_RAY_CLUSTER, self._saved_cluster_flag = self._saved_cluster_flag, None
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environment = {}
+        if self.link is not None:  # only what __enter__ created: the link and its fresh folder
+            if self.link.is_symlink():
+                self.link.unlink()
+            with contextlib.suppress(OSError):  # not empty: something else was put there, left alone
+                self.link.parent.rmdir()
+            self.link = None
+
+
+def _is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``)."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
 def _ray_call(function: Callable, threads: int, *args):
@@ -194,14 +384,16 @@ def _ray_call(function: Callable, threads: int, *args):
 # --- results store ---------------------------------------------------------------------------------------------
 
 CORE_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "status": "VARCHAR", "error": "VARCHAR", "overrides": "VARCHAR",
-                "run_dir": "VARCHAR", "elapsed_seconds": "DOUBLE", "finished_at": "TIMESTAMP", "cache": "VARCHAR"}
+                "run_dir": "VARCHAR", "elapsed_seconds": "DOUBLE", "finished_at": "TIMESTAMP", "cache": "VARCHAR",
+                "fingerprint": "VARCHAR", "inputs": "VARCHAR"}
 
 
 class ResultsStore:
-    """One row per run in ``results.duckdb``: identity, status and error, one column per parameter (VARCHAR)
-    and per numeric metric (DOUBLE). Only the sweep's driver process writes it.
+    """One row per run in ``results.duckdb``: identity, status and error, the fingerprint of its inputs (and
+    the inputs as JSON), one column per parameter (VARCHAR) and per numeric metric (DOUBLE). Only the sweep's
+    driver process writes it.
 
-    >>> store = ResultsStore(sweep_dir); store.done_ids()
+    >>> store = ResultsStore(sweep_dir); store.done_fingerprints()
     """
 
     def __init__(self, sweep_dir: Path):
@@ -209,18 +401,26 @@ class ResultsStore:
         self.connection = duckdb.connect(str(self.path))
         columns = ", ".join(f'"{name}" {kind}' for name, kind in CORE_COLUMNS.items())
         self.connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
+        existing = self._columns()  # a results file written before a core column existed
+        for name, kind in CORE_COLUMNS.items():
+            if name not in existing:
+                self.connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
 
     def _columns(self) -> set[str]:
         return {row[0] for row in self.connection.execute("DESCRIBE runs").fetchall()}
 
-    def done_ids(self) -> set[str]:
-        return {row[0] for row in self.connection.execute("SELECT run_id FROM runs WHERE status = 'ok'").fetchall()}
+    def done_fingerprints(self) -> dict[str, str | None]:
+        """run_id -> input fingerprint of every successful run (None for runs stored without one)."""
+        query = "SELECT run_id, fingerprint FROM runs WHERE status = 'ok'"
+        return dict(self.connection.execute(query).fetchall())
 
-    def write(self, run_id: str, params: dict[str, str], overrides: str, run_dir: str, outcome: dict) -> None:
+    def write(self, run_id: str, params: dict[str, str], overrides: str, run_dir: str, outcome: dict,
+              fingerprint: str, inputs: dict) -> None:
         row: dict[str, Any] = {"run_id": run_id, "status": outcome["status"], "error": outcome["error"],
                                "overrides": overrides, "run_dir": run_dir, "elapsed_seconds": outcome["elapsed_seconds"],
                                "finished_at": pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime(),
-                               "cache": json.dumps(outcome["cache"], sort_keys=True)}
+                               "cache": json.dumps(outcome["cache"], sort_keys=True), "fingerprint": fingerprint,
+                               "inputs": json.dumps(inputs, sort_keys=True, default=str)}
         kinds = {}
         for key, value in params.items():
             row[key], kinds[key] = str(value), "VARCHAR"
@@ -287,12 +487,11 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
     sweep_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(sweep_dir)
     executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else LocalPool(workers)
-    executor.__enter__()
     try:
-        return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric,
-                          heatmap, sweep_dir, store, executor)
+        with executor:
+            return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric,
+                              heatmap, sweep_dir, store, executor)
     finally:
-        executor.__exit__(None, None, None)
         if backend == "ray":
             shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
 
@@ -302,6 +501,7 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
     jobs = []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        validate_config(sweep_config)  # every job, before any runs: a bad value fails the sweep, not one run
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = number
             sweep_config.hydra.job.num = number
@@ -310,9 +510,22 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
         jobs.append({"number": number, "overrides": list(overrides), "job": job, "run_id": run_id,
                      "params": _params(overrides), "run_dir": str(sweep_dir / "runs" / run_id),
                      "config": sweep_config})
-    done = store.done_ids()
-    pending = [job for job in jobs if job["run_id"] not in done]
-    print(f"sweep {sweep_dir}: {len(jobs)} runs, {len(jobs) - len(pending)} already done, {len(pending)} to run "
+    # Jobs with identical configs share one run (and its folder): the first of them runs, the others report it.
+    runs: dict[str, dict] = {}
+    copies: dict[str, list[dict]] = {}
+    for job in jobs:
+        if job["run_id"] in runs:
+            copies.setdefault(job["run_id"], []).append(job)
+        else:
+            runs[job["run_id"]] = job
+    merged = len(jobs) - len(runs)
+    # 0. A run done before with other inputs (data, sentiment provider, code) is stale and runs again.
+    _fingerprint(list(runs.values()), executor)
+    stored = store.done_fingerprints()
+    pending = [run for run in runs.values() if stored.get(run["run_id"], "") != run["fingerprint"]]
+    stale = sum(run["run_id"] in stored for run in pending)
+    print(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(runs)} distinct runs ({merged} duplicates merged), "
+          f"{len(runs) - len(pending)} already done, {stale} stale (inputs changed: run again), {len(pending)} to run "
           f"({backend}, {workers} workers)", flush=True)
 
     cache_counts: Counter = Counter()
@@ -332,17 +545,21 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
             job = pending[index]
             overrides = " ".join(filter_overrides(job["overrides"]))
             cache_counts.update(outcome["cache"])
-            store.write(job["run_id"], job["params"], overrides, job["run_dir"], outcome)
+            store.write(job["run_id"], job["params"], overrides, job["run_dir"], outcome, job["fingerprint"],
+                        job["inputs"])
             failed += outcome["status"] != "ok"
             state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
             print(f"  run {job['number']} [{job['run_id']}] {overrides}: {state}", flush=True)
+            for copy in copies.get(job["run_id"], []):
+                print(f"  run {copy['number']} [{job['run_id']}] {' '.join(filter_overrides(copy['overrides']))}: "
+                      f"{state.split(':')[0]} (same config as run {job['number']})", flush=True)
     except BrokenProcessPool:
         raise NewsbtError(f"a sweep worker died; finished runs are saved in {store.path}: "
                           "run the same command again to resume") from None
     if failed:
         print(f"{failed} of {len(pending)} runs failed; their errors are in {store.path} and the summary", flush=True)
 
-    results = store.frame([job["run_id"] for job in jobs])
+    results = store.frame(list(runs))
     store.close()
     summary = write_summary(sweep_dir, results, sorted({k for job in jobs for k in job["params"]}), metric, heatmap,
                             dict(cache_counts))
@@ -353,6 +570,21 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
                       _return_value=results.set_index("run_id").loc[job["run_id"]].to_dict()
                       if job["run_id"] in set(results["run_id"]) else None)
             for job in jobs]
+
+
+def _fingerprint(runs: list[dict], executor) -> None:
+    """Set ``inputs`` and ``fingerprint`` of each run: each data file hashed once, each distinct sentiment
+    provider built once (in a worker, where its model may be trained), the code hashed once."""
+    code, data = code_version(), DataHashes()
+    providers: dict[str, dict] = {}
+    for run in runs:
+        providers.setdefault(_provider_key(run["job"]), run["job"])
+    keys = list(providers)
+    params = {keys[index]: outcome
+              for index, outcome in executor.map(execute_fingerprint, [(job,) for job in providers.values()])}
+    for run in runs:
+        run["inputs"] = run_inputs(run["job"], data, params[_provider_key(run["job"])], code)
+        run["fingerprint"] = run_fingerprint(run["inputs"])
 
 
 def write_summary(sweep_dir: Path, results: pd.DataFrame, params: list[str], metric: str,

@@ -1,24 +1,34 @@
 """Sweeps: identical results for 1 worker, 2 workers and Ray; resume after a crash; a failing run is isolated;
-one summary row per run; signals computed once per distinct signal config."""
+one summary row per run; signals computed once per distinct signal config; identical configs merged; a run
+whose inputs changed is re-run on resume; the private local Ray reachable only from this machine."""
+import hashlib
+import ipaddress
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
+from engine import grid
+from engine.grid import RaySession
+from engine.run import run
 from tests.conftest import ROOT
-from tests.test_end_to_end import write_dataset
+from tests.test_end_to_end import compose_cfg, write_dataset
 
 METRICS = ["sharpe", "cagr", "max_drawdown", "var_95", "trades", "final_value", "in_sample_sharpe"]
 
 
 def sweep_command(folder, sweeps, *overrides):
     return [sys.executable, "-m", "engine.run", "-m", "data=csv", f"data.prices.path={folder}/prices.csv",
-            "data.prices.ticker=PLANT", f"data.news.path={folder}/news.csv", "signals.sentiment=lexicon",
+            "data.prices.ticker=PLANT", f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null",
+            "signals.sentiment=lexicon",
             "report.enabled=false", f"paths.cache={folder}/cache", f"paths.sweeps={sweeps}",
             "walk_forward.train_sessions=120", "strategy.baseline_sessions=null", *overrides]
 
@@ -62,11 +72,13 @@ def test_one_worker_two_workers_and_ray_give_identical_results(tmp_path):
 @pytest.mark.slow
 def test_failing_run_is_recorded_and_the_others_finish(tmp_path):
     write_dataset(tmp_path)
-    sweep(tmp_path, tmp_path / "s", "strategy.window_sessions=-1,2", "hydra.launcher.workers=2")
-    frame = results(tmp_path / "s").set_index("strategy.window_sessions")
-    assert frame.loc["2", "status"] == "ok"
-    assert frame.loc["-1", "status"] == "error"
-    assert "strategy.window_sessions" in frame.loc["-1", "error"]
+    # A value only the data can refute (the prices end in 2020): the config schema, which fails a whole sweep
+    # before it starts, lets it through; its run fails alone.
+    sweep(tmp_path, tmp_path / "s", "data.start=2019-01-02,2030-01-02", "hydra.launcher.workers=2")
+    frame = results(tmp_path / "s").set_index("data.start")
+    assert frame.loc["2019-01-02", "status"] == "ok"
+    assert frame.loc["2030-01-02", "status"] == "error"
+    assert "data.start" in frame.loc["2030-01-02", "error"]
 
 
 @pytest.mark.slow
@@ -89,3 +101,151 @@ def test_a_killed_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert 2 <= done_before < 4
     frame = results(sweeps)
     assert len(frame) == 4 and (frame["status"] == "ok").all() and frame["run_id"].is_unique
+
+
+def run_lines(output):
+    return [line.strip() for line in output.stdout.splitlines() if line.strip().startswith("run ")]
+
+
+def cache_counts(output):
+    return {key: int(value) for key, value in re.findall(r"(lexicon\.\w+) (\d+)", output.stdout)}
+
+
+def test_identical_configs_in_a_sweep_share_one_run(tmp_path):
+    write_dataset(tmp_path)
+    output = sweep(tmp_path, tmp_path / "s", "strategy.threshold=0.1,0.1", "hydra.launcher.workers=1")
+    assert "2 jobs, 1 distinct runs (1 duplicates merged)" in output.stdout
+    frame = results(tmp_path / "s")
+    assert len(frame) == 1 and frame["status"].tolist() == ["ok"]
+    # Both jobs are reported ok, the second as the first's run; the backtest ran once: its signals were read
+    # from the cache once (the preparation step scored the texts: the one miss).
+    first, second = run_lines(output)
+    assert first.startswith("run 0 ") and first.endswith(": ok")
+    assert second.startswith("run 1 ") and second.endswith(": ok (same config as run 0)")
+    assert cache_counts(output) == {"lexicon.miss": 1, "lexicon.hit": 1}
+
+
+def test_resume_reruns_a_run_whose_prices_file_changed(tmp_path):
+    write_dataset(tmp_path)
+    sweeps, grid_overrides = tmp_path / "s", ["strategy.window_sessions=2", "hydra.launcher.workers=1"]
+    sweep(tmp_path, sweeps, *grid_overrides)
+    before = results(sweeps).iloc[0]
+    # New prices (another random path), same news: the stored run is stale.
+    other = tmp_path / "other"
+    other.mkdir()
+    write_dataset(other, seed=4)
+    (tmp_path / "prices.csv").write_bytes((other / "prices.csv").read_bytes())
+    output = sweep(tmp_path, sweeps, *grid_overrides)
+    assert "0 already done, 1 stale" in output.stdout and "1 to run" in output.stdout
+    after = results(sweeps).iloc[0]
+    assert after["run_id"] == before["run_id"] and after["status"] == "ok"
+    assert after["final_value"] != before["final_value"]
+    # The stored inputs name the prices file's content (SHA-256 of its bytes, computed here independently).
+    assert json.loads(before["inputs"])["data"]["prices"] != json.loads(after["inputs"])["data"]["prices"]
+    assert json.loads(after["inputs"])["data"]["prices"] == hashlib.sha256((tmp_path / "prices.csv").read_bytes()).hexdigest()
+    # The re-run's numbers are those of a fresh run on the new prices.
+    cfg = compose_cfg(tmp_path, "data.news.columns.ticker=null", "strategy.window_sessions=2",
+                      "strategy.baseline_sessions=null")
+    fresh = run(cfg, tmp_path / "fresh")
+    assert after["final_value"] == pytest.approx(fresh["final_value"], rel=1e-12)
+    assert after["sharpe"] == pytest.approx(fresh["sharpe"], rel=1e-12)
+
+
+def test_source_hash_follows_the_code(tmp_path, monkeypatch):
+    package = tmp_path / "newsbt_probe_package"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(grid, "CODE_PACKAGES", ("newsbt_probe_package",))
+    first = grid.code_version()
+    # The same digest worked out here: relative path, NUL, bytes, NUL per file.
+    expected = hashlib.sha256(b"newsbt_probe_package/__init__.py\0VALUE = 1\n\0").hexdigest()
+    assert first["source_sha256"] == expected
+    (package / "__init__.py").write_text("VALUE = 2\n")
+    assert grid.code_version()["source_sha256"] != expected
+    assert first["newsbt"] and "pandas" in first["dependencies"]
+
+
+def test_fingerprint_follows_the_sentiment_word_lists(tmp_path):
+    lists = tmp_path / "roots" / "loughran-mcdonald-wordlists"
+    lists.mkdir(parents=True)
+    (lists / "LoughranMcDonald_Positive.csv").write_text("GAIN,2009\nPROFIT,2009\n", encoding="ascii")
+    (lists / "LoughranMcDonald_Negative.csv").write_text("LOSS,2009\n", encoding="ascii")
+    cfg = compose_cfg(tmp_path, f"paths.roots=[{tmp_path / 'roots'}]")
+    job = OmegaConf.to_container(cfg, resolve=True)
+    first = grid.execute_fingerprint(job)
+    # The provider's identity: the SHA-256 of its sorted words, worked out here.
+    assert first == {"provider": "lexicon", "wordlists_sha256": hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS").hexdigest()}
+    (lists / "LoughranMcDonald_Negative.csv").write_text("LOSS,2009\nWEAK,2009\n", encoding="ascii")
+    second = grid.execute_fingerprint(job)
+    assert second["wordlists_sha256"] == hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS\nWEAK").hexdigest()
+    code, data = {"newsbt": "x"}, grid.DataHashes()
+    assert grid.run_fingerprint(grid.run_inputs(job, data, first, code)) != \
+        grid.run_fingerprint(grid.run_inputs(job, data, second, code))
+
+
+# --- the private local Ray --------------------------------------------------------------------------------------
+
+def ray_sockets():
+    """(process name, address) of every listening TCP socket and bound UDP socket of this process and its
+    descendants (the local Ray's GCS, raylet, agents and workers)."""
+    import psutil  # shipped inside ray (ray/thirdparty_files), importable once ray is imported
+
+    found = []
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            name, connections = process.name(), process.net_connections(kind="inet")
+        except psutil.Error:  # a process that ended meanwhile
+            continue
+        for connection in connections:
+            if connection.status == psutil.CONN_LISTEN or (connection.type == 2 and connection.laddr):  # 2: UDP
+                found.append((name, connection.laddr.ip))
+    return found
+
+
+def is_loopback(address):
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv6 socket bound to IPv4 loopback
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.fixture(scope="module")
+def private_ray(tmp_path_factory):
+    """One private local Ray for the tests below (a start costs seconds): it runs one task while someone else's
+    file sits at the short-link name the old code used (and replaced); what was seen is recorded."""
+    sweep_dir = tmp_path_factory.mktemp("ray") / "a-sweep-folder-whose-path-is-long"
+    temporary = (sweep_dir / "ray").resolve()
+    assert len(str(temporary)) > grid.RAY_TEMP_MAX_CHARS  # so a short link is needed
+    planted = Path("/tmp") / f"newsbt-ray-{hashlib.sha256(str(temporary).encode()).hexdigest()[:8]}"
+    planted.write_text("not newsbt's")
+    seen = {"temporary": temporary}
+    try:
+        with RaySession(sweep_dir, workers=1, address=None) as session:
+            seen["task_pids"] = [pid for _, pid in session.map(os.getpid, [()])]
+            seen["sockets"] = ray_sockets()
+            seen["planted_during"] = planted.read_text() if planted.is_file() else None
+            link = session.link
+            seen["link_target"] = link.resolve() if link is not None and link.is_symlink() else None
+            seen["link_folder_mode"] = link.parent.stat().st_mode & 0o777 if link is not None else None
+            seen["ray_sessions_in_sweep"] = len(list(temporary.glob("session_*")))
+        seen["planted_after"] = planted.read_text() if planted.is_file() else None
+        seen["link_folder_left"] = link is not None and link.parent.exists()
+        yield seen
+    finally:
+        planted.unlink(missing_ok=True)
+
+
+def test_private_local_ray_listens_on_loopback_only(private_ray):
+    assert len(private_ray["task_pids"]) == 1  # a worker process was up
+    sockets = private_ray["sockets"]
+    assert {"gcs_server", "raylet"} <= {name for name, _ in sockets}, sockets  # Ray's servers were seen
+    assert all(is_loopback(address) for _, address in sockets), sockets
+
+
+def test_ray_short_link_leaves_an_existing_path_alone(private_ray):
+    assert private_ray["planted_during"] == private_ray["planted_after"] == "not newsbt's"
+    assert private_ray["link_target"] == private_ray["temporary"]  # Ray's files go to the sweep folder...
+    assert private_ray["ray_sessions_in_sweep"] >= 1  # ...and landed there
+    assert private_ray["link_folder_mode"] == 0o700  # the link sits in a private folder of its own
+    assert not private_ray["link_folder_left"]  # which is gone afterwards
