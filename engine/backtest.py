@@ -1,12 +1,44 @@
-"""Backtrader wiring: one PandasData feed per ticker carrying the target weight as an extra line, a broker with
-costs, and a thin strategy that trades the weights before each open (cheat-on-open) and applies path-dependent
-risk limits (stop-loss, VaR limit). Everything else was computed beforehand.
+"""Backtrader wiring: one feed per ticker, a broker with costs and stop-losses, and a thin strategy that trades
+precomputed target weights before each open (cheat-on-open) under the VaR limit. The rules below are exact,
+so that a second engine can reproduce the fills one for one.
 
-Timing: weights on session t use only what was known before t's open; orders placed in ``next_open`` fill at
-t's open (plus slippage). Equity is marked at each close.
+One session t, in this order:
+
+1. Before the open, from what is known at t-1's close: the portfolio value V (cash plus positions at the
+   closes), the VaR scale s (below) and the rule's weight w (NaN: hold, no order). For each instrument with
+   a bar at t, in ticker order: if a stop took it out of a side (long or short) and w still has that sign,
+   w = 0; otherwise that stop-out is forgotten. The target size is ``w * s * V / (open * (1 + cost_rate))``
+   with ``cost_rate = (1 + slippage) * (1 + commission) * (1 + 1e-9) - 1``, rounded toward zero to 1e-6 units
+   (whole units when ``broker.fractional`` is false). No order when the change is zero, or when the position
+   keeps its sign and ``|change| * open < rebalance_band * V``.
+2. At the open the rebalances fill: all sells, then all buys, each in ticker order. A sell fills at
+   ``max(open * (1 - slippage), low)``, a buy at ``min(open * (1 + slippage), high)``; every fill pays
+   ``commission * |size| * price``. Buys never fail for want of cash: they may spend the cash at t-1's close
+   plus the sells' proceeds net of commission, less ``1e-9 * V``; when they would cost more (``size * price
+   * (1 + commission)`` summed), every buy is scaled by that cash over that cost (0 if the cash is negative)
+   and rounded toward zero as above.
+3. Then, during the session, the stop-losses (``risk.stop_loss``). Every position open after the open's fills
+   has a stop for its whole size at ``entry * (1 - stop_loss)`` (long) or ``entry * (1 + stop_loss)``
+   (short). ``entry`` is the position's average fill price (backtrader's ``Position.price``; slippage in,
+   commission out): the fill price when the position is opened or reversed, ``(entry * size + change *
+   price) / (size + change)`` when it grows, unchanged when it shrinks. So a stop moves exactly when the
+   position's size or entry does, and nothing is placed or cancelled to keep it: the broker turns a stop
+   into an order only in a session whose bar reaches it. Stops are checked in ticker order. A long stop is
+   reached when the open or the low is at or below it; it fills at ``max(open * (1 - slippage), low)`` when
+   the open is (a gap through the stop), else at ``max(stop * (1 - slippage), low)``. A short stop mirrors
+   this with the high. Commission as above. Stop proceeds come after the open, so they never fund the same
+   session's buys. An instrument without a bar at t neither trades nor stops out at t.
+4. At the close, positions are marked at the close; value, cash and positions go to the book, and the day's
+   return ``value_t / value_{t-1} - 1`` enters the VaR window.
+
+VaR limit: s = 1 while fewer than ``var_window_sessions`` (N) daily returns are known; then the 95% VaR is
+``-numpy.quantile(the last N returns, 0.05, method="lower")`` and s = ``var_limit / VaR`` when the VaR
+exceeds ``var_limit``, 1 otherwise. Trading starts once every feed has a bar; the book covers every session.
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import math
 from dataclasses import dataclass, field
 
@@ -15,6 +47,10 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import ConfigError
+
+# Cash left unspent by the buys of a session, as a share of equity: far above the float error of
+# backtrader's cash arithmetic, far below a cent on any account.
+CASH_HEADROOM = 1e-9
 
 
 class WeightFeed(bt.feed.DataBase):
@@ -47,180 +83,302 @@ class WeightFeed(bt.feed.DataBase):
         return True
 
 
+@dataclass
+class _Panel:
+    """What the strategy and the broker read each session, precomputed: per session (row) a list over the
+    tickers in feed order, NaN where a ticker has no bar. ``rows`` maps backtrader's float date of a session
+    to its row."""
+
+    dates: list[str]
+    rows: dict[float, int]
+    open: list[list[float]]
+    high: list[list[float]]
+    low: list[list[float]]
+    weight: list[list[float]]
+
+
+def _panel(calendar: pd.DatetimeIndex, ticker_codes: np.ndarray, session_rows: np.ndarray, bars: pd.DataFrame,
+           ticker_count: int) -> _Panel:
+    columns = {}
+    for column in ("open", "high", "low", "weight"):
+        matrix = np.full((len(calendar), ticker_count), np.nan)
+        matrix[session_rows, ticker_codes] = bars[column].to_numpy(dtype="float64")
+        columns[column] = matrix.tolist()
+    numbers = [bt.date2num(moment) for moment in calendar.to_pydatetime()]  # as WeightFeed dates its bars
+    return _Panel(dates=[moment.date().isoformat() for moment in calendar], rows=dict(zip(numbers, range(len(numbers)))),
+                  **columns)
+
+
+class StopLossBroker(bt.brokers.BackBroker):
+    """backtrader's broker with a stop-loss on every position (module docstring, step 3).
+
+    After the session's pending orders (the open's rebalances), each position whose stop the bar reaches
+    becomes a backtrader Stop order for its whole size, filled at once by backtrader's own stop matching
+    (``BackBroker._try_exec_stop``). A stop the bar does not reach costs no order: placing and cancelling a
+    stop order around every rebalance was half the time of a backtest.
+    """
+
+    # Notices of orders accepted or cancelled: nobody here reads them, and each one copies its order.
+    _UNREAD = (bt.Order.Submitted, bt.Order.Accepted, bt.Order.Canceled)
+
+    def __init__(self, stop_loss: float | None = None):
+        super().__init__()
+        self.stop_loss = stop_loss
+        self.owner = None  # the strategy, which receives the stop orders' notices
+        self.panel: _Panel | None = None
+        self.session_row: int | None = None  # the panel row of the session being traded (set before its open)
+        self.orders_placed = 0
+
+    def submit(self, order, check=True):
+        self.orders_placed += 1
+        return super().submit(order, check)
+
+    def notify(self, order):
+        if order.status not in self._UNREAD:
+            super().notify(order)
+
+    def next(self):
+        super().next()
+        if self.stop_loss and self.session_row is not None and self._stop_out():
+            self._get_value()  # the value at the close, after the stop fills
+
+    def _stop_out(self) -> bool:
+        row = self.session_row
+        opens, highs, lows = self.panel.open[row], self.panel.high[row], self.panel.low[row]
+        reached = False
+        for ticker, data in enumerate(self.owner.datas):
+            position = self.positions[data]
+            size = position.size
+            # A ticker without a bar today has NaN prices, which compare false: no stop.
+            if size > 0:
+                stop = position.price * (1 - self.stop_loss)
+                if not (opens[ticker] <= stop or lows[ticker] <= stop):
+                    continue
+                order = self.sell(self.owner, data, size, price=stop, exectype=bt.Order.Stop)
+            elif size < 0:
+                stop = position.price * (1 + self.stop_loss)
+                if not (opens[ticker] >= stop or highs[ticker] >= stop):
+                    continue
+                order = self.buy(self.owner, data, -size, price=stop, exectype=bt.Order.Stop)
+            else:
+                continue
+            self.pending.remove(order)  # executed now, not left for the next session
+            self._try_exec(order)
+            reached = True
+        return reached
+
+
 class TargetWeightStrategy(bt.Strategy):
-    """Trades each feed to its target weight at the open; stop-loss and VaR limit as configured."""
+    """Trades each feed to its target weight at the open, under the VaR limit (module docstring, steps 1-2;
+    the broker applies the stop-losses). Reads only the precomputed panel and the broker's state."""
 
     params = (
+        ("panel", None),
         ("fractional", True),
         ("cost_rate", 0.0),
+        ("commission_rate", 0.0),
+        ("slippage_rate", 0.0),
         ("rebalance_band", 0.0),
-        ("stop_loss", None),
         ("var_limit", None),
         ("var_window_sessions", 60),
     )
 
     def __init__(self):
-        self.values: list[float] = []
-        self.stopped: dict[str, float] = {}  # ticker -> sign of the exposure that was stopped out
-        self.stop_orders: dict[str, bt.Order] = {}
-        self.fills: list[dict] = []
+        self.broker.owner = self
+        self.broker.panel = self.p.panel
+        self.index = {data: ticker for ticker, data in enumerate(self.datas)}
+        self.stopped = [0] * len(self.datas)  # sign of the exposure a stop took each ticker out of
+        self.trade_log = TradeLog()
+        self.fills: list[tuple] = []
+        self.book: list[tuple] = []
         self.var_scales: list[float] = []
         self.rejected = 0
+        self.scale = 1.0  # the VaR scale for the next open
+        self.returns: collections.deque[float] = collections.deque()
+        self.sorted_returns: list[float] = []
+        self.last_value: float | None = None
+        # numpy's "lower" 5% quantile of N values is the k-th smallest: let numpy itself say which k.
+        self.var_rank = int(np.quantile(np.arange(self.p.var_window_sessions), 0.05, method="lower"))
 
-    def _var_scale(self) -> float:
-        if self.p.var_limit is None or len(self.values) < self.p.var_window_sessions + 1:
-            return 1.0
-        values = np.asarray(self.values[-(self.p.var_window_sessions + 1):])
-        returns = values[1:] / values[:-1] - 1
-        var_95 = -np.quantile(returns, 0.05, method="lower")
-        return 1.0 if var_95 <= self.p.var_limit else self.p.var_limit / var_95
-
-    def _size(self, weight: float, value: float, price: float) -> float:
-        size = weight * value / (price * (1 + self.p.cost_rate))
-        # Round toward zero (to a millionth of a unit when fractional) so a fully invested book never needs
-        # a cent more cash than it has: backtrader rejects such an order as Margin.
+    def _round(self, size: float) -> float:
+        # Toward zero (to a millionth of a unit when fractional), so that a fully invested book never needs a
+        # cent more cash than it has.
         return math.trunc(size * 1e6) / 1e6 if self.p.fractional else float(math.trunc(size))
 
+    def _fill_price(self, price: float, bound: float, buy: bool) -> float:
+        """backtrader's slipped market fill: against the trader, never beyond the high (buy) or low (sell)."""
+        slippage = self.p.slippage_rate
+        if not slippage:
+            return price
+        if buy:
+            slipped = price * (1 + slippage)
+            return slipped if slipped <= bound else bound
+        slipped = price * (1 - slippage)
+        return slipped if slipped >= bound else bound
+
     def next_open(self):
+        # In next_open the strategy's own clock still shows the previous session.
+        row = self.p.panel.rows[self.datetime[0]] + 1
+        self.broker.session_row = row
+        opens, weights = self.p.panel.open[row], self.p.panel.weight[row]
         value = self.broker.getvalue()
-        scale = self._var_scale()
+        scale = self.scale
         self.var_scales.append(scale)
-        # Stops placed before the previous open were checked against that whole bar; replace them all.
-        for name in list(self.stop_orders):
-            order = self.stop_orders.pop(name)
-            if order.alive():
-                self.cancel(order)
-        sells, buys, holdings = [], [], []
-        # In next_open the strategy's own clock still shows the previous bar: take today from the feeds.
-        today = max(data.datetime.date(0) for data in self.datas if len(data))
-        for data in self.datas:
-            if len(data) == 0 or data.datetime.date(0) != today:
-                continue  # this instrument has no bar today
-            current = self.getposition(data).size
-            weight = data.weight[0]
-            if math.isnan(weight):
-                holdings.append((data, current))
-                continue
-            name = data._name
-            if name in self.stopped:
-                if np.sign(weight) == self.stopped[name]:
+        positions = self.broker.positions
+        band = self.p.rebalance_band * value
+        sells, buys = [], []
+        for ticker, data in enumerate(self.datas):
+            price, weight = opens[ticker], weights[ticker]
+            if price != price or weight != weight:
+                continue  # no bar today, or hold (NaN)
+            side = self.stopped[ticker]
+            if side:
+                if (weight > 0 and side > 0) or (weight < 0 and side < 0):
                     weight = 0.0  # stay out until the rule itself leaves the stopped-out side
                 else:
-                    del self.stopped[name]
-            weight *= scale
-            price = data.open[0]
-            target = self._size(weight, value, price)
-            change = target - current
-            crosses = np.sign(target) != np.sign(current)
-            if change == 0 or (not crosses and abs(change) * price < self.p.rebalance_band * value):
-                holdings.append((data, current))
+                    self.stopped[ticker] = 0
+            current = positions[data].size
+            if weight == 0.0 and current == 0:
                 continue
-            (sells if change < 0 else buys).append((data, change))
-            holdings.append((data, target))
-        for data, change in sells + buys:
-            if change < 0:
-                self.sell(data=data, size=-change)
-            else:
-                self.buy(data=data, size=change)
-        if self.p.stop_loss:
-            for data, size in holdings:
-                self._place_stop(data, size)
+            target = self._round(weight * scale * value / (price * (1 + self.p.cost_rate)))
+            change = target - current
+            keeps_sign = (target > 0) == (current > 0) and (target < 0) == (current < 0)
+            if change == 0 or (keeps_sign and abs(change) * price < band):
+                continue
+            (sells if change < 0 else buys).append((ticker, change))
+        if buys:
+            buys = self._fit_to_cash(sells, buys, value, row)
+        for ticker, change in sells:
+            self.sell(data=self.datas[ticker], size=-change)
+        for ticker, change in buys:
+            self.buy(data=self.datas[ticker], size=change)
 
-    def _place_stop(self, data, size: float) -> None:
-        """A stop for ``size`` units, checked against today's whole bar (a gap through it fills at the open)."""
-        if size == 0:
-            return
-        position = self.getposition(data)
-        same_side = np.sign(position.size) == np.sign(size)
-        reference = position.price if same_side else data.open[0]
-        if size > 0:
-            order = self.sell(data=data, size=size, exectype=bt.Order.Stop, price=reference * (1 - self.p.stop_loss))
-        else:
-            order = self.buy(data=data, size=-size, exectype=bt.Order.Stop, price=reference * (1 + self.p.stop_loss))
-        self.stop_orders[data._name] = order
+    def _fit_to_cash(self, sells: list, buys: list, value: float, row: int) -> list:
+        """The buys, scaled alike when they would cost more than the cash they may spend (step 2)."""
+        commission = self.p.commission_rate
+        opens, highs, lows = self.p.panel.open[row], self.p.panel.high[row], self.p.panel.low[row]
+        cash = self.broker.getcash()
+        for ticker, change in sells:
+            cash -= change * self._fill_price(opens[ticker], lows[ticker], buy=False) * (1 - commission)
+        cost = sum(change * self._fill_price(opens[ticker], highs[ticker], buy=True) * (1 + commission)
+                   for ticker, change in buys)
+        budget = cash - CASH_HEADROOM * value
+        if cost <= budget:
+            return buys
+        factor = max(budget, 0.0) / cost
+        scaled = [(ticker, self._round(change * factor)) for ticker, change in buys]
+        return [(ticker, change) for ticker, change in scaled if change > 0]
+
+    def _addnotification(self, order, quicknotify=False):
+        # backtrader's Strategy also books every execution into its own Trade objects here (copying them as
+        # they open and close) for notify_trade; nothing here reads those, TradeLog keeps the round trips.
+        if not order.p.simulated:
+            self._orderspending.append(order)
 
     def notify_order(self, order):
         if order.status in (order.Margin, order.Rejected):
-            self.rejected += 1
+            self.rejected += 1  # not expected: buys are fitted to the cash
+            return
         if order.status != order.Completed:
             return
         stop = order.exectype == bt.Order.Stop
-        self.fills.append(
-            {
-                "date": bt.num2date(order.executed.dt).date().isoformat(),
-                "ticker": order.data._name,
-                "size": order.executed.size,
-                "price": order.executed.price,
-                "commission": order.executed.comm,
-                "kind": "stop" if stop else "rebalance",
-            }
-        )
+        executed = order.executed
+        self.fills.append((executed.dt, order.data._name, executed.size, executed.price, executed.comm,
+                           "stop" if stop else "rebalance"))
+        self.trade_log.add(order)
         if stop:
-            self.stop_orders.pop(order.data._name, None)
-            self.stopped[order.data._name] = -np.sign(order.executed.size)
+            self.stopped[self.index[order.data]] = -1 if executed.size > 0 else 1
+
+    def prenext(self):
+        self._record()  # some feed has no bar yet: no trading, but the book covers the session
 
     def next(self):
-        self.values.append(self.broker.getvalue())
+        value = self._record()
+        if self.p.var_limit is not None and self.last_value is not None:
+            self._slide_var_window(value / self.last_value - 1)
+        self.last_value = value
+
+    def _record(self) -> float:
+        self.broker.session_row = None  # the session is over; the next open sets the next one
+        value = self.broker.getvalue()
+        positions = self.broker.positions
+        self.book.append((self.datetime[0], value, self.broker.getcash(),
+                          *[positions[data].size for data in self.datas]))
+        return value
+
+    def _slide_var_window(self, daily_return: float) -> None:
+        """Add the session's return to the VaR window (dropping the oldest); set the scale for the next open."""
+        self.returns.append(daily_return)
+        bisect.insort(self.sorted_returns, daily_return)
+        if len(self.returns) > self.p.var_window_sessions:
+            oldest = self.returns.popleft()
+            del self.sorted_returns[bisect.bisect_left(self.sorted_returns, oldest)]
+        if len(self.returns) == self.p.var_window_sessions:
+            var_95 = -self.sorted_returns[self.var_rank]
+            self.scale = 1.0 if var_95 <= self.p.var_limit else self.p.var_limit / var_95
 
 
-class TradeLog(bt.Analyzer):
-    """Closed round trips: ticker, opened, closed, size, entry and exit price, pnl, commission, bars."""
+class TradeLog:
+    """Closed round trips: ticker, opened, closed, size (the largest), entry and exit price, pnl, commission,
+    bars. Follows each execution as backtrader's Trade does (a reversal closes one trip and opens the next),
+    without backtrader's trade history, which copied the trade at every fill."""
 
-    def start(self):
+    def __init__(self):
         self.rows: list[dict] = []
+        self.trips: dict = {}
 
-    def notify_trade(self, trade):
-        if not trade.isclosed:
-            return
-        opening = trade.history[0]
-        closing = trade.history[-1]
-        size = max((h.status.size for h in trade.history), key=abs)
-        self.rows.append(
-            {
-                "ticker": trade.data._name,
-                "opened": bt.num2date(trade.dtopen).date().isoformat(),
-                "closed": bt.num2date(trade.dtclose).date().isoformat(),
-                "size": size,
-                "entry_price": opening.event.price,
-                "exit_price": closing.event.price,
-                "pnl": trade.pnl,
-                "pnl_net": trade.pnlcomm,
-                "commission": trade.commission,
-                "bars": trade.barlen,
-            }
-        )
+    def add(self, order) -> None:
+        """Book a completed order's executions."""
+        for bit in order.executed.iterpending():
+            if bit.closed:
+                self._update(order.data, bit.closed, bit.price, bit.closedcomm)
+            if bit.opened:
+                self._update(order.data, bit.opened, bit.price, bit.openedcomm)
 
-    def get_analysis(self):
-        return self.rows
-
-
-class DailyBook(bt.Analyzer):
-    """Portfolio value, cash and each instrument's position size at every close."""
-
-    def start(self):
-        self.rows: list[dict] = []
-
-    def next(self):
-        row = {"date": self.strategy.datetime.date(0).isoformat(), "value": self.strategy.broker.getvalue(),
-               "cash": self.strategy.broker.getcash()}
-        for data in self.strategy.datas:
-            row[f"position_{data._name}"] = self.strategy.getposition(data).size
-        self.rows.append(row)
-
-    def get_analysis(self):
-        return self.rows
+    def _update(self, data, size: float, price: float, commission: float) -> None:
+        trip = self.trips.get(data)
+        if trip is None:
+            trip = self.trips[data] = {"size": 0.0, "price": 0.0, "pnl": 0.0, "commission": 0.0, "peak": 0.0,
+                                       "entry": price, "opened": data.datetime[0], "bar": len(data)}
+        old = trip["size"]
+        new = trip["size"] = old + size
+        trip["commission"] += commission
+        if abs(new) > abs(old):
+            trip["price"] = (old * trip["price"] + size * price) / new
+        else:
+            trip["pnl"] += -size * (price - trip["price"])
+        if abs(new) > abs(trip["peak"]):
+            trip["peak"] = new
+        if not new:
+            del self.trips[data]
+            self.rows.append(
+                {
+                    "ticker": data._name,
+                    "opened": trip["opened"],
+                    "closed": data.datetime[0],
+                    "size": trip["peak"],
+                    "entry_price": trip["entry"],
+                    "exit_price": price,
+                    "pnl": trip["pnl"],
+                    "pnl_net": trip["pnl"] - trip["commission"],
+                    "commission": trip["commission"],
+                    "bars": len(data) - trip["bar"],
+                }
+            )
 
 
 @dataclass
 class BacktestResult:
-    """What a backtest produced: ``book`` (date, value, cash, position_<ticker>), ``trades`` (closed round
-    trips), ``fills`` (every execution) and the VaR-limit scale applied before each open."""
+    """What a backtest produced: ``book`` (date, value, cash, position_<ticker> at each close), ``trades``
+    (closed round trips), ``fills`` (every execution), the VaR-limit scale applied before each open, and the
+    number of orders given to the broker."""
 
     book: pd.DataFrame
     trades: pd.DataFrame
     fills: pd.DataFrame
     var_scales: list[float] = field(default_factory=list)
     rejected_orders: int = 0
+    orders: int = 0
 
 
 TRADE_COLUMNS = ["ticker", "opened", "closed", "size", "entry_price", "exit_price", "pnl", "pnl_net", "commission", "bars"]
@@ -241,33 +399,48 @@ def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> 
     for key, value in (("broker.cash", cash), ("broker.commission_bps", commission_bps), ("broker.slippage_bps", slippage_bps)):
         if not math.isfinite(value) or value < 0 or (key == "broker.cash" and value == 0):
             raise ConfigError(f"{key}: must be a non-negative number (cash positive), got {value}")
-    cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True, runonce=True, preload=True, tradehistory=True)
+    cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True, runonce=True, preload=True)
+    cerebro.broker = StopLossBroker(stop_loss=risk.get("stop_loss"))
     cerebro.broker.setcash(cash)
     cerebro.broker.setcommission(commission=commission_bps / 1e4)
     cerebro.broker.set_slippage_perc(slippage_bps / 1e4, slip_open=True, slip_limit=True, slip_match=True, slip_out=False)
     cerebro.broker.set_checksubmit(False)
-    for ticker, frame in bars.groupby(level="ticker", sort=True):
-        frame = frame.droplevel("ticker")
-        local_dates = pd.DatetimeIndex(frame.index.date)  # exchange sessions are one per date
-        feed_frame = frame[["open", "high", "low", "close", "volume", "weight"]].set_axis(local_dates)
-        cerebro.adddata(WeightFeed(dataname=feed_frame), name=str(ticker))
+
+    bars = bars[["open", "high", "low", "close", "volume", "weight"]]
+    codes, tickers = pd.factorize(bars.index.get_level_values("ticker"), sort=True)
+    sessions = pd.DatetimeIndex(bars.index.get_level_values("session"))
+    # Exchange sessions are one per date: a feed is dated by the session's date in its own time zone.
+    local_dates = (sessions.tz_localize(None) if sessions.tz is not None else sessions).normalize()
+    calendar = pd.DatetimeIndex(np.unique(local_dates.to_numpy()))
+    for code, ticker in enumerate(tickers):
+        rows = np.flatnonzero(codes == code)
+        cerebro.adddata(WeightFeed(dataname=bars.iloc[rows].set_axis(local_dates[rows])), name=str(ticker))
+    panel = _panel(calendar, codes, calendar.get_indexer(local_dates), bars, len(tickers))
     cerebro.addstrategy(
         TargetWeightStrategy,
+        panel=panel,
         fractional=bool(broker.get("fractional", True)),
         # A buy fills at open * (1 + slippage) and pays commission on that: size so both fit in the cash.
         cost_rate=(1 + slippage_bps / 1e4) * (1 + commission_bps / 1e4) * (1 + 1e-9) - 1,
+        commission_rate=commission_bps / 1e4,
+        slippage_rate=slippage_bps / 1e4,
         rebalance_band=float(broker.get("rebalance_band", 0.0)),
-        stop_loss=risk.get("stop_loss"),
         var_limit=risk.get("var_limit"),
         var_window_sessions=int(risk.get("var_window_sessions") or 60),
     )
-    cerebro.addanalyzer(TradeLog, _name="trades")
-    cerebro.addanalyzer(DailyBook, _name="book")
     strategy = cerebro.run()[0]
+
+    def dated(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+        for column in columns:
+            frame[column] = [panel.dates[panel.rows[number]] for number in frame[column]]
+        return frame
+
+    positions = [f"position_{ticker}" for ticker in tickers]
     return BacktestResult(
-        book=pd.DataFrame(strategy.analyzers.book.get_analysis()),
-        trades=pd.DataFrame(strategy.analyzers.trades.get_analysis(), columns=TRADE_COLUMNS),
-        fills=pd.DataFrame(strategy.fills, columns=FILL_COLUMNS),
+        book=dated(pd.DataFrame(strategy.book, columns=["date", "value", "cash", *positions]), "date"),
+        trades=dated(pd.DataFrame(strategy.trade_log.rows, columns=TRADE_COLUMNS), "opened", "closed"),
+        fills=dated(pd.DataFrame(strategy.fills, columns=FILL_COLUMNS), "date"),
         var_scales=strategy.var_scales,
         rejected_orders=strategy.rejected,
+        orders=cerebro.broker.orders_placed,
     )

@@ -46,6 +46,35 @@ def test_var_limit_cuts_exposure_after_a_volatile_stretch():
     free = run_backtest(bars, {"cash": 10_000})
     limited = run_backtest(bars, {"cash": 10_000}, {"var_limit": 0.02, "var_window_sessions": 10})
     assert all(scale == 1.0 for scale in free.var_scales)
-    # Once 10 returns of +-5% are in the window, the 95% VaR is 5%: exposure is cut to 0.02 / 0.05 = 40%.
-    assert min(limited.var_scales) == pytest.approx(0.4, rel=0.05)
+    # Opens equal closes, so prices move only overnight, and each open sizes the book on the previous close's
+    # value. After a rise the book holds yesterday's value, 1/1.05 of today's; after a fall it would want
+    # more than its cash and is fully invested (buys are fitted to the cash). So the daily returns alternate
+    # +5% and -5%/1.05 = -4.76% (the first is 0: bought at the first open). The numpy "lower" 5% quantile of
+    # 10 returns is the smallest: VaR 0.05/1.05, and from the 11th open on, exposure is cut to
+    # 0.02 / (0.05/1.05) = 42%. (The old engine rejected the buys after each fall, and lost a little more.)
+    assert limited.var_scales[:10] == [1.0] * 10
+    assert min(limited.var_scales) == pytest.approx(0.02 / (0.05 / 1.05), rel=1e-6)
     assert limited.book["position_X"].iloc[20] < 0.5 * free.book["position_X"].iloc[20]
+
+
+def test_var_scale_is_the_numpy_quantile_of_the_returns_known_before_each_open():
+    # A second implementation: from the book's closing values, recompute each open's scale with numpy.
+    rng = np.random.default_rng(7)
+    closes = 100 * np.cumprod(1 + rng.normal(0, 0.02, 120))
+    opens = closes * (1 + rng.normal(0, 0.005, 120))
+    prices = make_prices(pd.bdate_range("2020-01-06", periods=120), opens, closes).rename(columns={"timestamp": "session"})
+    weights = np.where(rng.random(120) < 0.5, 1.0, 0.5)
+    bars = prices.set_index(["ticker", "session"]).assign(weight=weights)
+    limit, window = 0.025, 20
+    result = run_backtest(bars, {"cash": 10_000, "commission_bps": 5}, {"var_limit": limit, "var_window_sessions": window})
+    values = result.book["value"].to_numpy()
+    expected = []
+    for session in range(1, len(values)):  # the first open traded is the second session's
+        known = values[:session][-(window + 1):]
+        if len(known) < window + 1:
+            expected.append(1.0)
+            continue
+        var_95 = -np.quantile(known[1:] / known[:-1] - 1, 0.05, method="lower")
+        expected.append(1.0 if var_95 <= limit else limit / var_95)
+    assert 0 < sum(scale < 1 for scale in expected) < len(expected) - window  # the limit binds, not always
+    assert result.var_scales == expected
