@@ -34,10 +34,10 @@ def sweep(folder: Path, base: list[str], extra: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sentiment", default="lexicon", help="signals.sentiment for the grid")
+    parser.add_argument("--sentiment", default="lexicon", help="signals/sentiment for the grid: lexicon or transformer")
     parser.add_argument("--reports", action="store_true", help="write each run's tear sheet too")
     args = parser.parse_args()
-    base = ["data=djia", f"signals.sentiment={args.sentiment}", f"report.enabled={str(args.reports).lower()}"]
+    base = ["data=djia", f"signals/sentiment={args.sentiment}", f"report.enabled={str(args.reports).lower()}"]
     with tempfile.TemporaryDirectory(prefix="newsbt-bench-") as scratch:
         warm = subprocess.run([sys.executable, "-m", "engine.run", *base, f"paths.runs={scratch}/warm"], cwd=ROOT,
                               capture_output=True, text=True)

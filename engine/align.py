@@ -18,14 +18,15 @@ from engine.schema import NEWS_COLUMNS
 def align_news(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float = 0) -> pd.DataFrame:
     """Return ``news`` with a ``session`` column (UTC open of the first session that may use it), one row per
     (item, instrument) it concerns; items after the last session or for unknown tickers are dropped (counted
-    by ``news_drops``).
+    by ``news_drops``). Columns beyond the schema's (e.g. ``item``, ``link_method``) are kept.
 
     >>> aligned = align_news(dataset.news, dataset.prices, latency_minutes=5)
     """
+    columns = [*NEWS_COLUMNS, *[c for c in news.columns if c not in NEWS_COLUMNS and c != "session"]]
     pieces = []
     for ticker, opens, concerns, position in _first_sessions(news, prices, latency_minutes):
         inside = position < len(opens)
-        piece = news.iloc[concerns[inside]][NEWS_COLUMNS].copy()
+        piece = news.iloc[concerns[inside]][columns].copy()
         piece["ticker"] = ticker
         piece["session"] = opens[position[inside]]
         pieces.append(piece)
@@ -38,8 +39,10 @@ def align_news(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float 
 
 def news_drops(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float = 0) -> dict:
     """The items of ``news`` that ``align_news`` keeps and drops, counted as items (a market-wide item is kept
-    when it reaches any instrument): ``aligned``, ``after_last_session``, ``unknown_ticker`` and
-    ``unknown_tickers_top`` (the five most frequent tickers with no prices, with their counts).
+    when it reaches any instrument; rows sharing an ``item`` number, one per linked ticker, are one item, kept
+    when any of them is, for an unknown ticker when all of them are): ``aligned``, ``after_last_session``,
+    ``unknown_ticker`` and ``unknown_tickers_top`` (the five most frequent tickers with no prices, with their
+    counts).
 
     >>> news_drops(dataset.news, dataset.prices)["unknown_tickers_top"]  # e.g. {"GOOG": 1209}
     """
@@ -48,12 +51,18 @@ def news_drops(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float 
         reached[concerns[position < len(opens)]] = True
     tickers = news["ticker"]
     unknown = ~(tickers.isin(prices["ticker"].unique()) | (tickers == "")).to_numpy()
+    counted = np.ones(len(news), dtype=bool)  # one row per item
+    if "item" in news.columns:
+        items = news["item"].to_numpy()
+        reached = pd.Series(reached).groupby(items).transform("any").to_numpy()
+        unknown = pd.Series(unknown).groupby(items).transform("all").to_numpy()
+        counted = ~news["item"].duplicated().to_numpy()
     counts = tickers[unknown].value_counts()
     top = sorted(counts.items(), key=lambda pair: (-pair[1], pair[0]))[:5]
     return {
-        "aligned": int(reached.sum()),
-        "after_last_session": int((~reached & ~unknown).sum()),
-        "unknown_ticker": int(unknown.sum()),
+        "aligned": int((reached & counted).sum()),
+        "after_last_session": int((~reached & ~unknown & counted).sum()),
+        "unknown_ticker": int((unknown & counted).sum()),
         "unknown_tickers_top": {str(ticker): int(count) for ticker, count in top},
     }
 

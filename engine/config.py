@@ -2,8 +2,8 @@
 
 ``validate_config(cfg)`` checks a composed config (paths, latency_minutes, walk_forward, data by its type,
 signals, strategy, broker, risk, report) and raises one ``ConfigError`` naming the first bad key. A rule's
-parameters are checked against its constructor's signature (its annotations are its schema), so a new rule
-needs no entry here. ``preflight(argv)`` composes the command line exactly as Hydra will (every job of a
+parameters, and each signal provider's (``signals.<slot>``), are checked against the signature of what its
+``_target_`` names (the annotations are the schema), so a new rule or provider needs no entry here. ``preflight(argv)`` composes the command line exactly as Hydra will (every job of a
 ``-m`` sweep) and validates it before Hydra creates any folder; ``RunFolderCallback`` notes what a run folder
 held before the run, so that ``discard_run_folder`` removes only what the failed run created.
 """
@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal, Sequence
 import numpy as np
 import pandas as pd
 from hydra.experimental.callback import Callback
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, with_config
+from typing_extensions import TypedDict
 
 from engine.errors import ConfigError
 
@@ -90,11 +91,37 @@ def _n_init(value: Any) -> Any:
     raise ValueError(f"must be a positive integer or 'auto', got {value!r}")
 
 
+def _feature_patterns(value: list[str]) -> list[str]:
+    from engine.features import feature_pattern_problem
+
+    problem = feature_pattern_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+def _securities(value: list[str]) -> list[str]:
+    for source in value:
+        if source not in SECURITY_SOURCES and not source.lower().endswith(".csv"):
+            raise ValueError(f"{source!r} is neither a built-in security master ({', '.join(SECURITY_SOURCES)}) nor "
+                             f"the path of a securities.csv")
+    return value
+
+
 TimeZone = Annotated[str, AfterValidator(_time_zone)]
 Clock = Annotated[str, AfterValidator(_clock)]
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
 Encoding = Annotated[str, AfterValidator(_encoding)]
 Names = Annotated[Any, AfterValidator(_names)]
+Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]  # in (0, 1]
+PositiveIntOrAuto = Annotated[Any, AfterValidator(_n_init)]  # a positive integer or "auto"
+# Pre-open feature columns: names or ``prefix*`` patterns (``*``: every one); a diagnostic column named outright
+# (the session's bar, forward_return) is refused with the key, before any work.
+FeaturePatterns = Annotated[list[str], Field(min_length=1), AfterValidator(_feature_patterns)]
+SECURITY_SOURCES = ("stocknet", "indices")  # engine.securities.load_master's built-in sources
+# Security masters for ticker linking, merged in order: built-in names, or paths of securities.csv files.
+Securities = Annotated[list[str], Field(min_length=1), AfterValidator(_securities)]
+LINK_MODES = ("off", "fill-missing", "always")  # signals.linking.LINK_MODES
 
 
 # --- the schema, one model per config group ------------------------------------------------------------------
@@ -139,13 +166,8 @@ class Report(_Section):
     enabled: bool
 
 
-class TransformerTraining(_Section):
-    recipe: Literal["default", "long"]  # signals/finetune.py RECIPES
-    precision: Literal["fp32", "bf16"]
-    device: Literal["cpu", "cuda"]
-
-
-class Training(_Section):
+@with_config(ConfigDict(extra="forbid", strict=True))
+class Training(TypedDict):
     """How ``signals.finetune.ensure_model`` trains (the names of its RECIPES, TRAIN_PRECISIONS, TRAIN_DEVICES)."""
 
     recipe: Literal["default", "long"]
@@ -153,50 +175,10 @@ class Training(_Section):
     device: Literal["cpu", "cuda"]
 
 
-class Transformer(_Section):
-    """``signals.transformer`` (its PRECISIONS and DEVICES)."""
+class DatasetNews(_Section):
+    """``data.news`` of a catalogued dataset: what is done to its news after loading."""
 
-    model_dir: str
-    base_model: str | None
-    training: Training
-    training: TransformerTraining
-    batch_size: PositiveInt
-    max_length: PositiveInt
-    precision: Literal["auto", "fp32", "bf16", "int8"]
-    threads: PositiveInt | None
-    device: Literal["auto", "cpu", "cuda"]
-
-
-class Lexicon(_Section):
-    wordlists: str
-
-
-class Topics(_Section):
-    enabled: bool
-    num_topics: PositiveInt
-    no_below: PositiveInt
-    no_above: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-    keep_n: PositiveInt | None
-    passes: PositiveInt
-    iterations: PositiveInt
-    chunksize: PositiveInt
-    random_state: int
-
-
-class Regimes(_Section):
-    enabled: bool
-    n_regimes: PositiveInt
-    features: list[str]
-    n_init: Annotated[Any, AfterValidator(_n_init)]
-    random_state: int
-
-
-class Signals(_Section):
-    sentiment: Literal["transformer", "lexicon"]
-    transformer: Transformer
-    lexicon: Lexicon
-    topics: Topics
-    regimes: Regimes
+    link_tickers: Literal[LINK_MODES]
 
 
 class _Data(_Section):
@@ -212,6 +194,8 @@ class _Data(_Section):
 class DjiaData(_Data):
     type: Literal["djia"]
     news_timezone: TimeZone
+    news: DatasetNews
+    securities: Securities
 
 
 class StocknetData(_Data):
@@ -219,6 +203,8 @@ class StocknetData(_Data):
     tickers: Names
     drop_retweets: bool
     languages: Names
+    news: DatasetNews
+    securities: Securities
 
 
 class PriceColumns(_Section):
@@ -249,25 +235,28 @@ class CsvNews(_Section):
     columns: NewsColumns
     timezone: TimeZone | None
     encoding: Encoding
+    link_tickers: Literal[LINK_MODES]
 
 
 class CsvData(_Data):
     type: Literal["csv"]
     prices: CsvPrices
     news: CsvNews
+    securities: Securities
 
 
 DATA_TYPES: dict[str, type[_Data]] = {"djia": DjiaData, "stocknet": StocknetData, "csv": CsvData}
 
 
 class Config(_Section):
-    """The task config; ``data`` (by its type) and ``strategy`` (by its rule) are checked on their own."""
+    """The task config; ``data`` (by its type), ``signals`` (each provider by its target) and ``strategy`` (by its
+    rule) are checked on their own."""
 
     paths: Paths
     latency_minutes: NonNegativeNumber
     walk_forward: WalkForward
     data: dict[str, Any]
-    signals: Signals
+    signals: dict[str, Any]
     strategy: dict[str, Any]
     broker: Broker
     report: Report
@@ -304,9 +293,11 @@ def _suggest(name: str, known: Sequence[str]) -> str:
 
 
 def _fields_at(model: type[BaseModel], path: Sequence[str]) -> list[str]:
-    for name in path:
+    for position, name in enumerate(path):
         field = model.model_fields.get(name)
         annotation = getattr(field, "annotation", None)
+        if typing.is_typeddict(annotation) and position == len(path) - 1:
+            return list(typing.get_type_hints(annotation))
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
@@ -386,6 +377,23 @@ def _first_line(text: Any) -> str:
     return str(text).strip().splitlines()[0] if str(text).strip() else str(text)
 
 
+def _load_target(target: Any, key: str, what: str) -> Any:
+    """The object a ``_target_`` ("package.module.name") names; ConfigError naming ``key`` if it cannot be loaded."""
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{key}: must name {what} as package.module.name, got {target!r}")
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"{key}: cannot load {target!r} (no module named {error.name!r})") from None
+    except Exception as error:  # a broken module: say what broke it, in one line
+        raise ConfigError(f"{key}: cannot load {target!r} ({type(error).__name__}: {_first_line(error)})") from None
+    found = getattr(module, name, None)
+    if found is None:
+        raise ConfigError(f"{key}: module {module_name!r} has no {what.split()[-1]} {name!r}")
+    return found
+
+
 def rule_class(target: Any) -> type:
     """The rule class named by ``strategy._target_`` ("package.module.Class"); ConfigError if it cannot be loaded
     or is not an ``engine.strategy.Rule``.
@@ -394,30 +402,43 @@ def rule_class(target: Any) -> type:
     """
     from engine.strategy import Rule
 
-    if not isinstance(target, str) or "." not in target:
-        raise ConfigError(f"strategy._target_: must name a rule class as package.module.Class, got {target!r}")
-    module_name, _, class_name = target.rpartition(".")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        raise ConfigError(f"strategy._target_: cannot load {target!r} (no module named {error.name!r})") from None
-    except Exception as error:  # a broken rule module: say what broke it, in one line
-        raise ConfigError(f"strategy._target_: cannot load {target!r} ({type(error).__name__}: "
-                          f"{_first_line(error)})") from None
-    cls = getattr(module, class_name, None)
+    cls = _load_target(target, "strategy._target_", "a rule class")
     if not (isinstance(cls, type) and issubclass(cls, Rule)):
-        what = "has no class" if cls is None else "is not a rule (a subclass of engine.strategy.Rule):"
-        raise ConfigError(f"strategy._target_: module {module_name!r} {what} {class_name!r}")
+        module_name, _, class_name = target.rpartition(".")
+        raise ConfigError(f"strategy._target_: module {module_name!r} is not a rule (a subclass of "
+                          f"engine.strategy.Rule): {class_name!r}")
     return cls
 
 
+def provider_class(target: Any, key: str) -> tuple[Any, type]:
+    """(what ``signals.<slot>._target_`` names, the ``SignalProvider`` class it builds): a provider class, or a
+    factory function whose return annotation is one. ConfigError naming ``key`` otherwise.
+
+    >>> provider_class("signals.lexicon.LexiconSentiment", "signals.sentiment._target_")
+    """
+    from engine.signal import SignalProvider
+
+    found = _load_target(target, key, "a signal provider")
+    built = found
+    if not isinstance(found, type) and callable(found):
+        try:
+            built = typing.get_type_hints(found).get("return")
+        except Exception:  # an annotation that cannot be resolved: treated as none
+            built = None
+    if not (isinstance(built, type) and issubclass(built, SignalProvider)):
+        raise ConfigError(f"{key}: {target!r} is not a signal provider (a subclass of engine.signal.SignalProvider, "
+                          f"or a function annotated to return one)")
+    return found, built
+
+
 @lru_cache(maxsize=None)
-def rule_parameters(cls: type) -> type[BaseModel]:
-    """A schema of ``cls``'s constructor parameters: each annotation is its type (and limits, e.g. ``PositiveInt``),
-    a parameter without a default is required, and a name the constructor lacks is an unknown key."""
-    signature = inspect.signature(cls)
+def parameter_schema(target: Any, engine_supplied: tuple[str, ...] = ()) -> type[BaseModel]:
+    """A schema of the parameters of ``target`` (a class's constructor, or a function): each annotation is its
+    type (and limits, e.g. ``PositiveInt``), a parameter without a default is required, and a name the target
+    lacks is an unknown key. ``engine_supplied`` parameters (a provider's ``context``) are no config keys."""
+    signature = inspect.signature(target)
     try:
-        hints = typing.get_type_hints(cls.__init__, include_extras=True)
+        hints = typing.get_type_hints(target.__init__ if isinstance(target, type) else target, include_extras=True)
     except Exception:  # an annotation that cannot be resolved checks nothing rather than failing
         hints = {}
     fields: dict[str, Any] = {}
@@ -426,10 +447,12 @@ def rule_parameters(cls: type) -> type[BaseModel]:
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             open_ended |= parameter.kind == parameter.VAR_KEYWORD
             continue
+        if name in engine_supplied:
+            continue
         default = ... if parameter.default is parameter.empty else parameter.default
         fields[name] = (hints.get(name, Any), default)
     config = ConfigDict(extra="allow" if open_ended else "forbid", strict=True, arbitrary_types_allowed=True)
-    return create_model(f"{cls.__name__}Parameters", __config__=config, **fields)
+    return create_model(f"{getattr(target, '__name__', 'Target')}Parameters", __config__=config, **fields)
 
 
 def strategy_parameters(strategy: dict) -> tuple[type, dict]:
@@ -440,8 +463,35 @@ def strategy_parameters(strategy: dict) -> tuple[type, dict]:
     if "_target_" not in params:
         raise ConfigError("strategy._target_: required (which rule class to use)")
     cls = rule_class(params.pop("_target_"))
-    check_section(rule_parameters(cls), params, "strategy")
+    check_section(parameter_schema(cls), params, "strategy")
     return cls, params
+
+
+PROVIDER_ENGINE_KEYS = ("_target_", "enabled")  # keys of signals.<slot> the engine reads, not the provider
+
+
+def provider_parameters(slot: str, values: Any) -> tuple[Any, type, dict] | None:
+    """For ``signals.<slot>``: (its target, the provider class it builds, the checked parameters), or None when
+    the slot is null or ``enabled: false``. Parameters are checked against the target's signature, as a rule's
+    are; ``context`` is the engine's to give.
+
+    >>> target, cls, params = provider_parameters("topics", config["signals"]["topics"])
+    """
+    key = f"signals.{slot}"
+    if values is None:
+        return None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{key}: must be a provider's config (a mapping with _target_), got {values!r}; pick "
+                          f"one of conf/signals/{slot}/ with signals/{slot}=<name>, e.g. signals/sentiment=lexicon")
+    params = dict(values)
+    enabled = params.pop("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled: must be true or false, got {enabled!r}")
+    if "_target_" not in params:
+        raise ConfigError(f"{key}._target_: required (which signal provider to build)")
+    target, cls = provider_class(params.pop("_target_"), f"{key}._target_")
+    check_section(parameter_schema(target, ("context",)), params, key)
+    return (target, cls, params) if enabled else None
 
 
 def validate_config(cfg: Any) -> None:
@@ -471,12 +521,12 @@ def validate_config(cfg: Any) -> None:
         for ticker in [data["tickers"]] if isinstance(data["tickers"], str) else data["tickers"]:
             if ticker not in known:
                 raise ConfigError(f"data.tickers: unknown stocknet ticker {ticker!r}; known: {', '.join(known)}")
+    for slot, values in config["signals"].items():
+        provider_parameters(str(slot), values)
     strategy = config["strategy"]
     strategy_parameters(strategy)
-    for key, patterns in (("strategy.features", strategy.get("features")),
-                          ("signals.regimes.features", config["signals"]["regimes"]["features"])):
-        if patterns is not None:
-            check_feature_patterns(patterns, key)
+    if strategy.get("features") is not None:
+        check_feature_patterns(strategy["features"], "strategy.features")
 
 
 def _clock_minutes(value: str) -> int:

@@ -20,8 +20,8 @@ from engine.errors import ConfigError, DataError
 from engine.schema import canonical_signals
 from engine.signal import SignalProvider
 
-__all__ = ["DIAGNOSTIC_COLUMNS", "SessionFrames", "assemble_features", "check_feature_patterns",
-           "check_pre_open", "provider_signals", "resolve_feature_columns"]
+__all__ = ["DIAGNOSTIC_COLUMNS", "SessionFrames", "assemble_features", "check_feature_patterns", "check_pre_open",
+           "feature_pattern_problem", "join_signals", "pattern_matches", "provider_signals", "resolve_feature_columns"]
 
 
 class SessionFrames(NamedTuple):
@@ -68,18 +68,53 @@ def assemble_features(prices: pd.DataFrame, signal_frames: list[pd.DataFrame]) -
     grid = session_grid(prices)
     features = canonical_signals(grid.features)
     for number, frame in enumerate(signal_frames):
-        features = features.join(canonical_signals(check_pre_open(frame, f"signal frame {number}")), how="left")
-    for column in features.columns:
-        if column.endswith("_count"):
-            features[column] = features[column].fillna(0.0)
+        features = join_signals(features, frame, f"signal frame {number}")
     return SessionFrames(features, canonical_signals(grid.outcomes))
 
 
-def _diagnostic_error(key: str, names: list[str], pattern: str | None = None) -> ConfigError:
+def join_signals(features: pd.DataFrame, frame: pd.DataFrame | pd.Series, what: str) -> pd.DataFrame:
+    """``features`` with a provider's signal columns joined on (ticker, session); a count column (``*_count``)
+    is 0 where the provider had no row (no news that session). A diagnostic column is refused (``what`` names
+    the frame), and so is a column ``features`` already has.
+
+    >>> features = join_signals(features, topic_frame, "signals.topics")
+    """
+    frame = frame.to_frame() if isinstance(frame, pd.Series) else frame
+    check_pre_open(frame, what)
+    clash = [str(c) for c in frame.columns if c in features.columns]
+    if clash:
+        raise DataError(f"{what}: column {clash[0]!r} is already a feature; two signals may not share a column name")
+    joined = features.join(canonical_signals(frame), how="left")
+    for column in frame.columns:
+        if str(column).endswith("_count"):
+            joined[column] = joined[column].fillna(0.0)
+    return joined
+
+
+def _diagnostic_text(names: list[str], pattern: str | None = None) -> str:
     what = ", ".join(map(repr, names))
     said = what if pattern is None else f"{pattern!r} matches only {what}, which"
-    return ConfigError(f"{key}: {said} {'is' if pattern is not None or len(names) == 1 else 'are'} not known before "
-                       f"the session's open (diagnostic columns: {', '.join(DIAGNOSTIC_COLUMNS)})")
+    return (f"{said} {'is' if pattern is not None or len(names) == 1 else 'are'} not known before the session's "
+            f"open (diagnostic columns: {', '.join(DIAGNOSTIC_COLUMNS)})")
+
+
+def feature_pattern_problem(patterns) -> str | None:
+    """What is wrong with a config list of feature patterns (exact names, or prefixes ending in ``*``), as a
+    message without its key, or None: not a non-empty list, a malformed pattern, a diagnostic named outright.
+
+    >>> feature_pattern_problem(["sentiment", "close"])  # "'close' is not known before the session's open (...)"
+    """
+    if isinstance(patterns, str) or not hasattr(patterns, "__iter__"):
+        return f"must be a non-empty list of column names or prefix* patterns, got {patterns!r}"
+    patterns = [str(pattern) for pattern in patterns]
+    if not patterns:
+        return "must be a non-empty list of column names or prefix* patterns, got []"
+    for pattern in patterns:
+        if pattern in DIAGNOSTIC_COLUMNS:
+            return _diagnostic_text([pattern])
+        if not pattern or "*" in pattern[:-1]:
+            return f"{pattern!r} is not a column name or prefix* pattern"
+    return None
 
 
 def check_feature_patterns(patterns, key: str) -> list[str]:
@@ -88,17 +123,21 @@ def check_feature_patterns(patterns, key: str) -> list[str]:
 
     >>> check_feature_patterns(cfg.strategy.features, "strategy.features")
     """
-    if isinstance(patterns, str) or not hasattr(patterns, "__iter__"):
-        raise ConfigError(f"{key}: must be a non-empty list of column names or prefix* patterns, got {patterns!r}")
-    patterns = [str(pattern) for pattern in patterns]
-    if not patterns:
-        raise ConfigError(f"{key}: must be a non-empty list of column names or prefix* patterns, got []")
-    for pattern in patterns:
-        if pattern in DIAGNOSTIC_COLUMNS:
-            raise _diagnostic_error(key, [pattern])
-        if not pattern or "*" in pattern[:-1]:
-            raise ConfigError(f"{key}: {pattern!r} is not a column name or prefix* pattern")
-    return patterns
+    problem = feature_pattern_problem(patterns)
+    if problem is not None:
+        raise ConfigError(f"{key}: {problem}")
+    return [str(pattern) for pattern in patterns]
+
+
+def pattern_matches(pattern: str, column: str) -> bool:
+    """True when feature ``pattern`` (a name, or ``prefix*``) selects ``column`` (diagnostics never).
+
+    >>> pattern_matches("topic_*", "topic_3")
+    True
+    """
+    if column in DIAGNOSTIC_COLUMNS:
+        return False
+    return column.startswith(pattern[:-1]) if pattern.endswith("*") else column == pattern
 
 
 def _natural_key(name: str) -> list:
@@ -120,10 +159,10 @@ def resolve_feature_columns(patterns, columns, key: str) -> list[str]:
     for pattern in patterns:
         if pattern.endswith("*"):
             prefix = pattern[:-1]
-            matches = sorted((c for c in names if c.startswith(prefix)), key=_natural_key)
+            matches = sorted((c for c in names if pattern_matches(pattern, c)), key=_natural_key)
             diagnostics = [c for c in DIAGNOSTIC_COLUMNS if c.startswith(prefix)]
             if not matches and diagnostics:
-                raise _diagnostic_error(key, diagnostics, pattern)
+                raise ConfigError(f"{key}: {_diagnostic_text(diagnostics, pattern)}")
             if not matches:
                 raise ConfigError(f"{key}: no feature column matches {pattern!r} (features: {', '.join(names) or 'none'})")
         elif pattern in names:

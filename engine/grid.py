@@ -3,10 +3,11 @@
 ``python -m engine.run -m strategy=regression strategy.threshold=0,0.0005 walk_forward.train_sessions=250,500``
 Every run is keyed by a hash of its resolved config; jobs with identical configs are merged into one run. Runs
 already done in the sweep folder are skipped unless their inputs changed since (``run_fingerprint``: the data
-files' contents, the sentiment provider's identity such as its model's weights, newsbt's code and dependency
+files' contents, each signal provider's identity such as its model's weights, newsbt's code and dependency
 versions), each finished run is written to ``results.duckdb`` as soon as it ends (a crash loses only the runs in
 flight), a failing run records its error without stopping the others, and the signals each distinct signal
-config needs are computed once, before the runs, so the runs only read the cache.
+config needs (``signal_key``: what the providers declare) are computed once, before the runs, so the runs only
+read the cache.
 """
 from __future__ import annotations
 
@@ -62,12 +63,19 @@ def config_hash(job: dict) -> str:
 
 
 def signal_key(job: dict) -> str:
-    """Runs with equal keys read the same cached signals."""
-    from hydra.utils import get_class
+    """Runs with equal keys read the same cached signals: the data, the providers' configs, latency and paths;
+    and the walk-forward windows when a learned rule runs a learned provider (fitted per window), as the
+    providers declare (``learned``), whatever they are.
+
+    >>> signal_key(job) == signal_key(other_job)
+    """
+    from engine.config import provider_parameters, rule_class
 
     part = {key: job.get(key) for key in SIGNAL_KEYS}
-    if getattr(get_class(job["strategy"]["_target_"]), "learned", False) and job["signals"]["topics"]["enabled"]:
-        part["walk_forward"] = job["walk_forward"]  # topic models are fitted per walk-forward window
+    enabled = [provider_parameters(str(slot), values) for slot, values in (job.get("signals") or {}).items()]
+    windowed = any(checked is not None and checked[1].learned for checked in enabled)
+    if windowed and rule_class(job["strategy"]["_target_"]).learned:
+        part["walk_forward"] = job["walk_forward"]
     return json.dumps(part, sort_keys=True, default=str)
 
 
@@ -128,14 +136,20 @@ class DataHashes:
 
     def of(self, data: dict) -> dict[str, Any]:
         """A catalogued dataset: the catalog's SHA-256 of each of its files (every load checks the files against
-        them, so they stand for the contents). Any other type: the hash of every ``path`` the config names."""
+        them, so they stand for the contents). Any other type: the hash of every ``path`` the config names. Both:
+        the hash of each securities.csv that ticker linking reads."""
         from engine.datasets import load_catalog
 
         kind = data.get("type") or data.get("name")
         catalog = load_catalog()
-        if kind in catalog:
-            return {f"catalog:{kind}/{entry['path']}": entry["sha256"] for entry in catalog[kind]["files"]}
+        # securities.csv files the ticker linking reads (when it is on), by their paths as given
         found: dict[str, Any] = {}
+        if ((data.get("news") or {}).get("link_tickers") or "off") != "off":
+            for source in data.get("securities") or []:
+                if str(source).lower().endswith(".csv"):
+                    found[f"securities:{source}"] = self.file(source)
+        if kind in catalog:
+            return {**{f"catalog:{kind}/{entry['path']}": entry["sha256"] for entry in catalog[kind]["files"]}, **found}
 
         def walk(node: Any, where: str) -> None:
             if isinstance(node, dict):
@@ -150,16 +164,20 @@ class DataHashes:
 
 
 def execute_fingerprint(job: dict) -> dict:
-    """The sentiment provider's ``params()`` for ``job`` (in a worker): what identifies its output, such as
-    the fingerprint of the transformer model's weights or the lexicon's word lists. Trains the model when it
-    is missing, as the signal preparation would. Never raises: a failure is returned as ``{"error": ...}``."""
-    from engine.cache import project_path
-    from engine.run import make_sentiment_provider
+    """Each enabled provider's ``params()`` for ``job`` by slot (in a worker): what identifies its output, such
+    as the fingerprint of the transformer model's weights or the lexicon's word lists. Trains a missing model,
+    as the signal preparation would. Never raises: a failure is returned as ``{"error": ...}``.
 
-    cfg = OmegaConf.create(job)
+    >>> execute_fingerprint(job)["sentiment"]  # {"provider": "lexicon", "wordlists_sha256": "..."}
+    """
+    from engine.cache import project_path
+    from engine.providers import build_providers
+
     try:
-        provider = make_sentiment_provider(cfg, [project_path(root) for root in cfg.paths.roots])
-        return json.loads(json.dumps(provider.params(), sort_keys=True, default=str))
+        slots = build_providers(job["signals"], [project_path(root) for root in job["paths"]["roots"]],
+                                project_path(job["paths"]["cache"]))
+        params = {slot.slot: slot.provider.params() for slot in slots}
+        return json.loads(json.dumps(params, sort_keys=True, default=str))
     except Exception as failure:  # noqa: BLE001 - the run fails later with the same error, recorded per run
         return {"error": f"{type(failure).__name__}: {failure}"}
 
@@ -179,8 +197,8 @@ def rule_source_sha256(target: str) -> str | None:
 
 
 def run_inputs(job: dict, data: DataHashes, provider_params: dict, code: dict) -> dict[str, Any]:
-    """What a run's numbers depend on beyond its config: the data files, the sentiment provider, the code."""
-    return {"data": data.of(job["data"]), "sentiment": provider_params, "code": code,
+    """What a run's numbers depend on beyond its config: the data files, the signal providers, the code."""
+    return {"data": data.of(job["data"]), "signals": provider_params, "code": code,
             "rule_source": rule_source_sha256(str(job.get("strategy", {}).get("_target_")))}
 
 
@@ -190,7 +208,7 @@ def run_fingerprint(inputs: dict) -> str:
 
 
 def _provider_key(job: dict) -> str:
-    """Jobs with equal keys build the same sentiment provider."""
+    """Jobs with equal keys build the same signal providers."""
     return json.dumps({key: job.get(key) for key in ("signals", "paths")}, sort_keys=True, default=str)
 
 
@@ -519,7 +537,7 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
         else:
             runs[job["run_id"]] = job
     merged = len(jobs) - len(runs)
-    # 0. A run done before with other inputs (data, sentiment provider, code) is stale and runs again.
+    # 0. A run done before with other inputs (data, signal providers, code) is stale and runs again.
     _fingerprint(list(runs.values()), executor)
     stored = store.done_fingerprints()
     pending = [run for run in runs.values() if stored.get(run["run_id"], "") != run["fingerprint"]]
@@ -573,8 +591,8 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
 
 
 def _fingerprint(runs: list[dict], executor) -> None:
-    """Set ``inputs`` and ``fingerprint`` of each run: each data file hashed once, each distinct sentiment
-    provider built once (in a worker, where its model may be trained), the code hashed once."""
+    """Set ``inputs`` and ``fingerprint`` of each run: each data file hashed once, each distinct set of
+    signal providers built once (in a worker, where a model may be trained), the code hashed once."""
     code, data = code_version(), DataHashes()
     providers: dict[str, dict] = {}
     for run in runs:

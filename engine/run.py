@@ -1,7 +1,8 @@
 """``python -m engine.run``: the one place that wires data, signals, a rule, the backtest and the report.
 
-A Hydra app; every config key is a ``key=value`` override (see conf/). Each run writes its own folder with
-report.html, metrics.json, trades.csv, fills.csv, equity.csv, signals.parquet and the resolved config.yaml.
+A Hydra app; every config key is a ``key=value`` override (see conf/). Signal providers are built from their
+configs (``engine.providers``): this module names none of them. Each run writes its own folder with report.html,
+metrics.json, trades.csv, fills.csv, equity.csv, signals.parquet, news.parquet and the resolved config.yaml.
 A user's mistake prints one line ``newsbt: error: ...`` and exits with status 2.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -34,49 +35,15 @@ from engine.backtest import run_backtest
 from engine.cache import SignalCache, project_path
 from engine.config import discard_run_folder, preflight, report_and_exit, strategy_parameters, validate_config
 from engine.datasets import load_dataset
-from engine.errors import ConfigError, NewsbtError
-from engine.features import assemble_features, provider_signals
-from engine.signal import SignalProvider
+from engine.errors import NewsbtError
+from engine.features import assemble_features, join_signals
+from engine.progress import StageClock
+from engine.providers import SignalPlan, build_providers, fixed_signals, item_scores, plan_providers
 from engine.risk import apply_risk, check_risk
 from engine.strategy import Rule, to_weights
-from engine.walkforward import make_windows, walk_forward, windowed_provider
+from engine.walkforward import make_windows, walk_forward, window_frame
 
 log = logging.getLogger("newsbt")
-
-
-def find_folder(relative: str, roots: list[Path], key: str) -> Path:
-    """The first ``root/relative`` folder that exists, or a ConfigError naming ``key`` and the roots tried."""
-    for root in roots:
-        if (root / relative).is_dir():
-            return root / relative
-    raise ConfigError(f"{key}: folder {relative!r} not found under any data root ({', '.join(map(str, roots))})")
-
-
-def make_sentiment_provider(cfg: DictConfig, roots: list[Path]) -> SignalProvider:
-    """The sentiment provider chosen by ``signals.sentiment`` (trains the transformer model on first use)."""
-    kind = cfg.signals.sentiment
-    if kind == "lexicon":
-        from signals.lexicon import LexiconSentiment
-
-        return LexiconSentiment(find_folder(cfg.signals.lexicon.wordlists, roots, "signals.lexicon.wordlists"))
-    if kind == "transformer":
-        from signals.finetune import ensure_model
-        from signals.transformer import TransformerSentiment
-
-        settings = cfg.signals.transformer
-        training = settings.training
-        model_dir = ensure_model(project_path(settings.model_dir), base=settings.base_model, data_roots=roots,
-                                 recipe=training.recipe, precision=training.precision, device=training.device)
-        return TransformerSentiment(
-            model_dir=model_dir,
-            cache_root=project_path(cfg.paths.cache),
-            batch_size=settings.batch_size,
-            max_length=settings.max_length,
-            precision=settings.precision,
-            threads=settings.threads,
-            device=settings.device,
-        )
-    raise ConfigError(f"signals.sentiment: unknown provider {kind!r} (known: transformer, lexicon)")
 
 
 def make_rule(strategy_cfg: DictConfig) -> Rule:
@@ -93,6 +60,11 @@ def backtest_bars(prices: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
     return bars.assign(weight=weights.to_numpy())
 
 
+# news.parquet: one row per (item, instrument it concerns) as aligned, these columns first, then the providers'
+# per-item scores (e.g. sentiment).
+NEWS_FILE_COLUMNS = ("item", "timestamp", "session", "ticker", "link_method", "source", "text")
+
+
 @dataclass
 class Decisions:
     """What the rule decided: exposures, the risk-adjusted weights and the learned parts' diagnostics."""
@@ -102,42 +74,105 @@ class Decisions:
     first_session: pd.Timestamp | None = None  # first session decided out of sample (learned rules)
     out_of_sample: pd.DataFrame | None = None
     learned: pd.DataFrame | None = None
-    topic_words: pd.DataFrame | None = None
+    described: dict[str, pd.DataFrame] = field(default_factory=dict)  # windowed providers' describe(), by name
     in_sample_sharpe: float | None = None
 
 
 @dataclass
 class Inputs:
-    """Everything a rule decides from: the dataset, its aligned news, the session features, the cache; and the
-    outcomes (``DIAGNOSTIC_COLUMNS``, not known before each open) that only labels and reports read."""
+    """Everything a rule decides from: the dataset, its aligned news, the providers' plan, the session features,
+    the cache; the outcomes (``DIAGNOSTIC_COLUMNS``, not known before each open) that only labels and reports
+    read; and what the run reports about them (provider counts, ticker linking, per-item scores, stage times)."""
 
     dataset: Any
-    aligned: pd.DataFrame
-    provider: SignalProvider
+    aligned: pd.DataFrame  # one row per (item, instrument it concerns), with the session that may first use it
+    plan: SignalPlan
     features: pd.DataFrame  # only columns known before each session's open
     outcomes: pd.DataFrame  # open high low close volume forward_return, same index as features
     cache: SignalCache
-    sentiment_stats: dict  # the provider's text counts when it scored them (kept in the signal cache)
+    provider_stats: dict[str, dict]  # slot -> the provider's counts when it computed (kept in the signal cache)
+    linking: dict  # signals.linking.link_news's report
+    items: pd.DataFrame  # the run's news.parquet: aligned items with their links and per-item scores
+    clock: StageClock = field(default_factory=StageClock)
+
+
+def security_master(sources: list[str]):
+    """The security master of ``data.securities``: built-in ``stocknet`` and ``indices`` and securities.csv
+    paths (relative to the current directory), merged in order (the first name of a ticker wins)."""
+    from engine.securities import index_master, read_securities_csv, stocknet_master
+
+    master = None
+    for source in sources:
+        part = {"stocknet": stocknet_master, "indices": index_master}.get(source)
+        part = part() if part is not None else read_securities_csv(Path(source).expanduser())
+        master = part if master is None else master.merge(part)
+    return master
+
+
+def link_tickers(news: pd.DataFrame, prices: pd.DataFrame, data: dict) -> tuple[pd.DataFrame, dict]:
+    """Apply ``data.news.link_tickers`` to loaded news (``signals.linking.link_news``): each item gets its number
+    in ``item`` and, per row, how its ticker was known in ``link_method`` (``source``: the file's ticker;
+    ``market``: market-wide; else the linking method); returns the news and the linking report.
+
+    >>> news, report = link_tickers(dataset.news, dataset.prices, cfg_data)
+    """
+    from signals.linking import TickerLinker, link_news
+
+    mode = (data.get("news") or {}).get("link_tickers", "off")
+    news = news.assign(item=np.arange(len(news), dtype=np.int64))
+    linker = None if mode == "off" else TickerLinker(security_master(list(data["securities"])),
+                                                      universe=prices["ticker"].unique())
+    linked, report = link_news(news, linker, mode)
+    unlinked = linked["link_method"].eq("")
+    linked["link_method"] = np.where(unlinked & linked["ticker"].eq(""), "market",
+                                     np.where(unlinked, "source", linked["link_method"]))
+    return linked, report
 
 
 @lru_cache(maxsize=4)
 def _aligned_dataset(data_json: str, roots: tuple[Path, ...], latency_minutes: float):
-    """Load and align once per process: the runs of a sweep in one worker share their data config."""
-    dataset = load_dataset(json.loads(data_json), list(roots))
-    return dataset, align_news(dataset.news, dataset.prices, latency_minutes)
+    """Load, link and align once per process (the runs of a sweep in one worker share their data config):
+    (dataset with the linked news, aligned news, linking report, seconds per stage)."""
+    clock = StageClock()
+    data = json.loads(data_json)
+    with clock("load"):
+        dataset = load_dataset(data, list(roots))
+    with clock("link"):
+        news, report = link_tickers(dataset.news, dataset.prices, data)
+    with clock("align"):
+        aligned = align_news(news, dataset.prices, latency_minutes)
+    return replace(dataset, news=news), aligned, report, clock.seconds
 
 
-def build_inputs(cfg: DictConfig) -> Inputs:
-    """Load the data, align the news and compute (or read from the cache) the sentiment features."""
+def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
+    """Load, link and align the data, build the signal providers and compute (or read from the cache) the
+    fixed ones' features and per-item scores; ``clock`` (new if None) gets the seconds of each stage.
+
+    >>> inputs = build_inputs(cfg); inputs.features.columns
+    """
+    clock = clock or StageClock()
     roots = [project_path(root) for root in cfg.paths.roots]
-    cache = SignalCache(project_path(cfg.paths.cache))
+    cache_root = project_path(cfg.paths.cache)
+    cache = SignalCache(cache_root)
     data_json = json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True)
-    dataset, aligned = _aligned_dataset(data_json, tuple(roots), cfg.latency_minutes)
-    provider = make_sentiment_provider(cfg, roots)
-    sentiment = provider_signals(provider, aligned, cache)
-    stats = dict(sentiment.attrs.get("stats", {}))
-    features, outcomes = assemble_features(dataset.prices, [sentiment])
-    return Inputs(dataset, aligned, provider, features, outcomes, cache, stats)
+    hits = _aligned_dataset.cache_info().hits
+    dataset, aligned, linking, seconds = _aligned_dataset(data_json, tuple(roots), cfg.latency_minutes)
+    for stage, spent in seconds.items():  # nothing spent when this process had them already
+        clock.add(stage, 0.0 if _aligned_dataset.cache_info().hits > hits else spent)
+    signals = OmegaConf.to_container(cfg.signals, resolve=True)
+    slots = build_providers(signals, roots, cache_root)
+    grid = assemble_features(dataset.prices, [])
+    plan = plan_providers(slots, list(grid.features.columns))
+    features, stats = grid.features, {}
+    items = aligned.copy()
+    for slot in plan.fixed:
+        with clock(slot.slot):
+            frame = fixed_signals(slot, aligned, features, cache)
+            stats[slot.slot] = dict(frame.attrs.get("stats", {}))
+            features = join_signals(features, frame, slot.key)
+            if slot.provider.reads_news and slot.provider.item_columns:
+                items = items.join(item_scores(slot, aligned, cache))
+    return Inputs(dataset, aligned, plan, features, grid.outcomes, cache, stats, linking, items, clock)
 
 
 def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
@@ -146,32 +181,27 @@ def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
     return make_windows(features.index.get_level_values("session"), walk.train_sessions, walk.step_sessions, walk.mode)
 
 
-def topic_frames(cfg: DictConfig, aligned: pd.DataFrame, windows: list, cache: SignalCache):
-    """Per window, the topic mixtures of an LDA fitted before it (cached), and the top words of each fit."""
-    from signals.topics import TopicModel
-
-    params = {k: v for k, v in OmegaConf.to_container(cfg.signals.topics, resolve=True).items() if k != "enabled"}
-    fitted = windowed_provider(lambda: TopicModel(**params), aligned, windows, cache)
-    words = pd.DataFrame(
-        [{"window_start": window.test_start.date().isoformat(), "topic": int(topic),
-          "words": text if isinstance(text, str) else " ".join(text)}
-         for window in windows for topic, text in fitted[window.index][1].get("top_words", {}).items()]
-    )
-    return {index: frame for index, (frame, _) in fitted.items()}, words
+def rule_is_learned(cfg: DictConfig) -> bool:
+    """Whether ``strategy._target_`` is a learned rule (walked forward, with the windowed providers)."""
+    return bool(getattr(hydra.utils.get_class(cfg.strategy._target_), "learned", False))
 
 
 def prepare_signals(cfg: DictConfig) -> None:
-    """Compute and cache every signal a run of ``cfg`` reads (sentiment; topics per window for learned rules),
-    so that the runs of a sweep sharing this signal config only read the cache."""
+    """Compute and cache every signal a run of ``cfg`` reads: the fixed providers (and their per-item scores),
+    and for a learned rule the windowed providers of every walk-forward window, so that the runs of a sweep
+    sharing this signal config only read the cache.
+
+    >>> prepare_signals(cfg)
+    """
     inputs = build_inputs(cfg)
-    learned = getattr(hydra.utils.get_class(cfg.strategy._target_), "learned", False)
-    if learned and cfg.signals.topics.enabled:
-        topic_frames(cfg, inputs.aligned, make_walk_forward(cfg, inputs.features), inputs.cache)
+    if rule_is_learned(cfg) and inputs.plan.windowed:
+        for window in make_walk_forward(cfg, inputs.features):
+            window_frame(inputs.features, window, inputs.plan.windowed, inputs.aligned, inputs.cache)
 
 
 def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
-    """Run the configured rule over the (pre-open) features: directly, or walked forward with topics and
-    regimes, the label coming from the outcomes frame.
+    """Run the configured rule over the (pre-open) features: directly, or walked forward with the windowed
+    providers (topics, regimes), the label coming from the outcomes frame.
 
     >>> decisions = decide(cfg, build_inputs(cfg))
     """
@@ -182,20 +212,11 @@ def decide(cfg: DictConfig, inputs: Inputs) -> Decisions:
         exposure = rule.target(features)
         return Decisions(exposure, apply_risk(to_weights(exposure), features, risk))
     windows = make_walk_forward(cfg, features)
-    provider_frames, topic_words = None, None
-    if cfg.signals.topics.enabled:
-        provider_frames, topic_words = topic_frames(cfg, inputs.aligned, windows, inputs.cache)
-    regime_factory = None
-    if cfg.signals.regimes.enabled:
-        from signals.regimes import RegimeModel
-
-        regime_params = {k: v for k, v in OmegaConf.to_container(cfg.signals.regimes, resolve=True).items() if k != "enabled"}
-        regime_factory = lambda: RegimeModel(**regime_params)  # noqa: E731
     result = walk_forward(features, inputs.outcomes["forward_return"], windows, lambda: make_rule(cfg.strategy),
-                          provider_frames, regime_factory, cache=inputs.cache)
+                          inputs.plan.windowed, inputs.aligned, cache=inputs.cache, clock=inputs.clock)
     weights = apply_risk(to_weights(result.exposure), features, risk)
     return Decisions(result.exposure, weights, windows[0].test_start, result.out_of_sample, result.learned,
-                     topic_words, result.in_sample_sharpe)
+                     result.described, result.in_sample_sharpe)
 
 
 def in_out_of_sample_sharpe(cfg: DictConfig, decisions: Decisions, returns: pd.Series, metrics: dict) -> dict:
@@ -223,9 +244,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     started = time.perf_counter()
     validate_config(cfg)
-    inputs = build_inputs(cfg)
-    dataset, aligned, features, outcomes = inputs.dataset, inputs.aligned, inputs.features, inputs.outcomes
+    clock = StageClock()
+    inputs = build_inputs(cfg, clock)
+    dataset, features, outcomes = inputs.dataset, inputs.features, inputs.outcomes
+    before = sum(clock.seconds.values())
+    decision_started = time.perf_counter()
     decisions = decide(cfg, inputs)
+    # decide's own time, without the windowed providers it ran (their seconds are under their slots)
+    clock.add("decisions", time.perf_counter() - decision_started - (sum(clock.seconds.values()) - before))
 
     # Learned rules trade from their first out-of-sample session; the session before it primes the feeds
     # (backtrader never trades a feed's first bar). The benchmark covers the same sessions.
@@ -241,11 +267,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     risk = OmegaConf.to_container(cfg.risk, resolve=True)
     rule_rebalances = getattr(hydra.utils.get_class(cfg.strategy._target_), "rebalances", True)
     strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if rule_rebalances else math.inf)
-    result = run_backtest(backtest_bars(prices, weights), strategy_broker, risk)
     from strategies.buy_and_hold import BuyAndHold
 
-    hold = to_weights(BuyAndHold().target(features[keep]))
-    benchmark = run_backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
+    with clock("backtest"):
+        result = run_backtest(backtest_bars(prices, weights), strategy_broker, risk)
+        hold = to_weights(BuyAndHold().target(features[keep]))
+        benchmark = run_backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
 
     equity = pd.DataFrame({"date": result.book["date"], "value": result.book["value"]})
     equity["returns"] = equity["value"].pct_change().fillna(equity["value"].iloc[0] / broker["cash"] - 1)
@@ -259,13 +286,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         final_value=float(equity["value"].iloc[-1]),
         sessions=int(len(equity)),
         **news_accounting(dataset, cfg.latency_minutes),  # news_items, news_aligned, news_dropped (by reason)
+        news_linking=inputs.linking,  # data.news.link_tickers: items considered, linked (by method), unlinked
         fills=int(len(result.fills)),
         stop_fills=int((result.fills["kind"] == "stop").sum()),
         rejected_orders=int(result.rejected_orders),
         sessions_var_limited=int(sum(scale < 1 for scale in result.var_scales)),
     )
     metrics.update(in_out_of_sample_sharpe(cfg, decisions, returns, metrics))
-    metrics.update({f"sentiment_{key}": value for key, value in inputs.sentiment_stats.items()})
+    for slot, stats in inputs.provider_stats.items():  # e.g. sentiment_texts, sentiment_precision
+        metrics.update({f"{slot}_{key}": value for key, value in stats.items()})
     # signals.parquet shows the outcomes (the session's bar, forward_return) beside what was decided before it.
     signals_out = pd.concat([outcomes[keep], features[keep]], axis=1).assign(
         exposure=decisions.exposure[keep].to_numpy(), target=weights.to_numpy())
@@ -287,8 +316,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if decisions.learned is not None and len(decisions.learned):
         name = "regime_map.csv" if "regime" in decisions.learned else "coefficients.csv"
         extra_files[name] = decisions.learned
-    if decisions.topic_words is not None and len(decisions.topic_words):
-        extra_files["topics.csv"] = decisions.topic_words
+    for name, described in decisions.described.items():  # e.g. topics.csv: each window's top words per topic
+        extra_files[f"{name}.csv"] = described[["window_start", *[c for c in described if c != "window_start"]]]
 
     run_dir = Path(run_dir)
     stage = run_dir / ".incomplete"
@@ -301,12 +330,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         for name, frame in extra_files.items():
             frame.to_csv(stage / name, index=False)
         signals_out.to_parquet(stage / "signals.parquet")
+        inputs.items[list(NEWS_FILE_COLUMNS) + [c for c in inputs.items if c not in NEWS_FILE_COLUMNS]].to_parquet(
+            stage / "news.parquet", index=False)
         (stage / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         if cfg.report.enabled:
             from reports.tearsheet import write_tearsheet
 
-            write_tearsheet(stage, title=f"newsbt: {cfg.strategy.name} on {cfg.data.name}")
+            with clock("report"):
+                # the tear sheet reads metrics.json: written first, then again with the report's seconds
+                (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+                write_tearsheet(stage, title=f"newsbt: {cfg.strategy.name} on {cfg.data.name}")
+        metrics["stage_seconds"] = clock.rounded()
+        (stage / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         for path in stage.iterdir():
             path.replace(run_dir / path.name)
     finally:
@@ -331,6 +366,17 @@ def summary_line(metrics: dict[str, Any]) -> str:
     )
 
 
+def linking_line(report: dict[str, Any]) -> str:
+    """The printed line of ``data.news.link_tickers`` (``metrics.json`` ``news_linking``).
+
+    >>> linking_line(metrics["news_linking"])  # 'ticker linking (fill-missing): 500 items considered, 120 linked ...'
+    """
+    methods = ", ".join(f"{method} {count:,}" for method, count in report["by_method"].items())
+    return (f"ticker linking ({report['mode']}): {report['considered']:,} items considered, {report['linked']:,} "
+            f"linked ({methods}), {report['unlinked']:,} unlinked; {report['rows_in']:,} news rows became "
+            f"{report['rows_out']:,}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -346,6 +392,9 @@ def main(cfg: DictConfig) -> None:
     print(news_line)
     if news_warning:
         print(f"newsbt: warning: {news_warning}", file=sys.stderr)
+    linking = metrics.get("news_linking") or {}
+    if linking.get("mode", "off") != "off":
+        print(linking_line(linking))
     if "sentiment_texts" in metrics:
         print(f"texts: {metrics['sentiment_texts']} aligned, {metrics.get('sentiment_unique_texts')} distinct, "
               f"{metrics.get('sentiment_empty', 0)} empty, {metrics.get('sentiment_truncated', 0)} truncated, "
@@ -353,6 +402,14 @@ def main(cfg: DictConfig) -> None:
               + (f"; scored in {metrics['sentiment_precision']} on {metrics.get('sentiment_device')}"
                  if metrics.get("sentiment_precision") else ""))
     print(f"report: {run_dir / 'report.html'}")
+    runs_root = project_path(cfg.paths.runs)
+    if runs_root.is_dir():
+        from reports.index import write_index
+
+        try:  # the index is a convenience: a failure to write it never fails the finished run
+            print(f"index: {write_index(runs_root, project_path(cfg.paths.sweeps))}")
+        except (NewsbtError, OSError) as error:
+            print(f"newsbt: warning: runs index not written: {error}", file=sys.stderr)
 
 
 def cli(argv: list[str] | None = None) -> None:

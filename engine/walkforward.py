@@ -3,23 +3,24 @@
 For each window the learned parts are fitted on sessions strictly before ``test_start``, then decide the window's
 sessions. Learners read only pre-open features (``engine.features``); a rule gets the label (``forward_return``,
 from the outcomes frame) as a separate Series, masked unless the next open, which realises it, is also before
-``test_start``. Fitted providers are cached per window, so a sweep over rule parameters never refits them.
+``test_start``; windowed signal providers never see it. Their outputs are cached per window
+(``engine.providers.window_signals``), so a sweep over rule parameters never refits them.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from engine.cache import SignalCache, fingerprint
+from engine.cache import SignalCache
 from engine.config import WalkForward, check_section
 from engine.errors import ConfigError
-from engine.features import check_pre_open
+from engine.features import check_pre_open, join_signals
+from engine.progress import Progress, StageClock
 from engine.schema import canonical_signals
-from engine.signal import SignalProvider
 from engine.strategy import Rule, to_weights
 
 
@@ -88,53 +89,45 @@ def window_rows(features: pd.DataFrame, window: Window) -> pd.DataFrame:
     return features[(sessions >= window.train_start) & (sessions <= window.test_end)]
 
 
-def windowed_provider(
-    factory: Callable[[], SignalProvider], aligned: pd.DataFrame, windows: list[Window], cache: SignalCache,
-    progress: bool = True,
-) -> dict[int, tuple[pd.DataFrame, dict]]:
-    """For each window, fit a fresh provider on news aligned before ``test_start`` and transform the news of
-    [train_start, test_end]; returns {window index: (signals frame, provider.describe() or {})}, cached.
-
-    >>> topic_frames = windowed_provider(lambda: TopicModel(**cfg), aligned, windows, cache)
-    """
-    out = {}
-    sessions = pd.DatetimeIndex(aligned["session"])
-    for window in tqdm(windows, desc="walk-forward fits", disable=None if progress else True, leave=False):
-        past = aligned[(sessions >= window.train_start) & (sessions < window.test_start)]
-        span = aligned[(sessions >= window.train_start) & (sessions <= window.test_end)]
-        provider = factory()
-        key = {
-            "provider": provider.name, "params": provider.params(),
-            "window": [str(window.train_start), str(window.test_start), str(window.test_end)],
-            "past": fingerprint(past[["ticker", "session", "text"]]),
-            "span": fingerprint(span[["ticker", "session", "text"]]),
-        }
-
-        def compute() -> pd.DataFrame:
-            fitted = provider.fit(past)
-            frame = fitted.transform(span)
-            # What the provider learned that reports show (e.g. top words) travels in the cached file.
-            frame.attrs = {"describe": fitted.describe() if hasattr(fitted, "describe") else {}}
-            return frame
-
-        frame = cache.get_or_compute(f"{provider.name}-window", key, compute)
-        out[window.index] = (frame, dict(frame.attrs.get("describe", {})))
-    return out
-
-
 @dataclass
 class WalkForwardResult:
     """Out-of-sample exposures and what each window learned.
 
     ``exposure``: per (ticker, session), NaN before the first test session; ``out_of_sample``: the features
     each window's models produced for its own test sessions (topics, regime, prediction); ``learned``: one
-    frame per window from ``rule.learned_summary()`` (e.g. the regime map), with ``window_start``."""
+    frame per window from ``rule.learned_summary()`` (e.g. the regime map), with ``window_start``; ``described``:
+    each windowed provider's ``describe()`` of every fit (e.g. topic words), with ``window_start``."""
 
     exposure: pd.Series
     out_of_sample: pd.DataFrame
     learned: pd.DataFrame
     windows: list[Window] = field(default_factory=list)
     in_sample_sharpe: float | None = None  # mean over windows of the fitted rule's Sharpe on its own training rows
+    described: dict[str, pd.DataFrame] = field(default_factory=dict)  # provider name -> describe() per window
+
+
+def window_frame(features: pd.DataFrame, window: Window, providers: Sequence = (), news: pd.DataFrame | None = None,
+                 cache: SignalCache | None = None, clock: StageClock | None = None
+                 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """The rows a window's rule is fitted on and decides (``window_rows``), with the columns of the windowed
+    ``providers`` (``engine.providers.Slot``, in plan order) joined on, each fitted on the window's past only;
+    and what each fit ``describe()``s, by provider name.
+
+    >>> frame, described = window_frame(features, window, plan.windowed, aligned, cache)
+    """
+    from engine.providers import window_signals
+
+    frame = window_rows(features, window)
+    described = {}
+    for slot in providers:
+        started = time.perf_counter()
+        output, description = window_signals(slot, window, frame, news, cache)
+        frame = join_signals(frame, output, f"{slot.key} (window {window.index})")
+        if description is not None:
+            described[slot.provider.name] = description
+        if clock is not None:
+            clock.add(slot.slot, time.perf_counter() - started)
+    return frame, described
 
 
 def walk_forward(
@@ -142,42 +135,44 @@ def walk_forward(
     label: pd.Series,
     windows: list[Window],
     rule_factory: Callable[[], Rule],
-    provider_frames: dict[int, pd.DataFrame] | None = None,
-    regime_factory: Callable[[], object] | None = None,
+    providers: Sequence = (),
+    news: pd.DataFrame | None = None,
     progress: bool = True,
     cache: SignalCache | None = None,
+    clock: StageClock | None = None,
 ) -> WalkForwardResult:
     """Fit and apply the learned stack window by window (see the module docstring); return the decisions.
     ``features`` hold only pre-open columns (a diagnostic column is refused); ``label`` is the next-session
-    return per (ticker, session), e.g. ``outcomes["forward_return"]``.
+    return per (ticker, session), e.g. ``outcomes["forward_return"]``; ``providers`` are the plan's windowed
+    providers (``engine.providers.SignalPlan.windowed``), fitted per window on its past (news readers on
+    ``news``) before the rule; ``clock`` adds each provider's seconds under its slot.
 
     >>> result = walk_forward(features, outcomes["forward_return"], windows, lambda: RegressionRule(**params))
     """
     features = canonical_signals(check_pre_open(features, "walk-forward features"))
     label = canonical_signals(label.rename("label").to_frame())["label"].reindex(features.index)
     exposures, out_of_sample, learned, in_sample_sharpes = [], [], [], []
-    for window in tqdm(windows, desc="walk-forward", disable=None if progress else True, leave=False):
-        frame = window_rows(features, window)
-        if provider_frames is not None:
-            provided = check_pre_open(provider_frames[window.index], f"window {window.index} provider signals")
-            frame = frame.join(canonical_signals(provided), how="left")
-        extra = []
-        if regime_factory is not None:
-            frame = frame.assign(regime=window_regimes(regime_factory, frame, window, cache).to_numpy())
-            extra.append("regime")
-        history, history_label = training_rows(frame, label, window)
-        rule = rule_factory().fit(history, history_label)
-        in_sample_sharpes.append(in_sample_sharpe(rule, history, history_label))
-        in_test = sessions_of(frame) >= window.test_start
-        exposures.append(rule.target(frame)[in_test])
-        produced = frame.loc[in_test, [c for c in frame.columns if c not in features.columns or c in extra]]
-        prediction = rule.prediction(frame)
-        if prediction is not None:
-            produced = produced.assign(prediction=prediction[in_test].to_numpy())
-        out_of_sample.append(produced)
-        summary = rule.learned_summary()
-        if summary is not None:
-            learned.append(summary.assign(window_start=window.test_start.date().isoformat()))
+    described: dict[str, list[pd.DataFrame]] = {}
+    with Progress(len(windows), "walk-forward", unit="windows", enabled=progress) as shown:
+        for window in windows:
+            frame, descriptions = window_frame(features, window, providers, news, cache, clock)
+            for name, description in descriptions.items():
+                described.setdefault(name, []).append(
+                    description.assign(window_start=window.test_start.date().isoformat()))
+            history, history_label = training_rows(frame, label, window)
+            rule = rule_factory().fit(history, history_label)
+            in_sample_sharpes.append(in_sample_sharpe(rule, history, history_label))
+            in_test = sessions_of(frame) >= window.test_start
+            exposures.append(rule.target(frame)[in_test])
+            produced = frame.loc[in_test, [c for c in frame.columns if c not in features.columns]]
+            prediction = rule.prediction(frame)
+            if prediction is not None:
+                produced = produced.assign(prediction=prediction[in_test].to_numpy())
+            out_of_sample.append(produced)
+            summary = rule.learned_summary()
+            if summary is not None:
+                learned.append(summary.assign(window_start=window.test_start.date().isoformat()))
+            shown.update()
     exposure = pd.concat(exposures).reindex(features.index)
     return WalkForwardResult(
         exposure=exposure,
@@ -185,23 +180,8 @@ def walk_forward(
         learned=pd.concat(learned, ignore_index=True) if learned else pd.DataFrame(),
         windows=windows,
         in_sample_sharpe=float(np.nanmean(in_sample_sharpes)) if np.isfinite(in_sample_sharpes).any() else None,
+        described={name: pd.concat(frames, ignore_index=True) for name, frames in described.items()},
     )
-
-
-def window_regimes(regime_factory: Callable[[], object], frame: pd.DataFrame, window: Window,
-                   cache: SignalCache | None) -> pd.Series:
-    """Regime labels of ``frame``'s rows from a model fitted on the window's past rows (cached on disk)."""
-    model = regime_factory()
-
-    def compute() -> pd.DataFrame:
-        return model.fit(past_rows(frame, window)).transform(frame).to_frame("regime")
-
-    if cache is None:
-        return compute()["regime"]
-    key = {"provider": "regimes", "params": model.params(),
-           "window": [str(window.train_start), str(window.test_start), str(window.test_end)],
-           "rows": fingerprint(frame)}
-    return cache.get_or_compute("regimes-window", key, compute)["regime"]
 
 
 def in_sample_sharpe(rule: Rule, history: pd.DataFrame, label: pd.Series, periods_per_year: int = 252) -> float:

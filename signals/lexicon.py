@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import DataError
-from engine.signal import SignalProvider
+from engine.signal import ProviderContext, SignalProvider
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")  # Unicode letters, keeps "don't" whole
 
@@ -46,20 +46,31 @@ def aggregate_scores(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 class LexiconSentiment(SignalProvider):
-    """Mean Loughran–McDonald tone per (ticker, session).
+    """Mean Loughran–McDonald tone per (ticker, session); each item's tone is kept in news.parquet.
 
-    >>> LexiconSentiment(wordlist_dir).transform(aligned_news)
+    >>> LexiconSentiment("loughran-mcdonald-wordlists", context).transform(aligned_news)
+    >>> LexiconSentiment("/path/to/wordlists").transform(aligned_news)  # no context: a folder path
     """
 
     name = "lexicon"
     columns = ("sentiment", "sentiment_count", "sentiment_dispersion")
+    item_columns = ("sentiment",)
 
-    def __init__(self, wordlist_dir: str | Path):
-        self.wordlist_dir = Path(wordlist_dir)
+    def __init__(self, wordlists: str, context: ProviderContext | None = None):
+        self.wordlists = wordlists
+        self.context = context
+
+    @property
+    def wordlist_dir(self) -> Path:
+        """The word lists' folder: ``wordlists`` under the first data root holding it (with a context), else as given."""
+        if self.context is None:
+            return Path(self.wordlists)
+        return self.context.find_folder(self.wordlists, "wordlists")
 
     def _lists(self) -> tuple[frozenset[str], frozenset[str]]:
-        positive = read_wordlist(self.wordlist_dir / "LoughranMcDonald_Positive.csv")
-        negative = read_wordlist(self.wordlist_dir / "LoughranMcDonald_Negative.csv")
+        folder = self.wordlist_dir
+        positive = read_wordlist(folder / "LoughranMcDonald_Positive.csv")
+        negative = read_wordlist(folder / "LoughranMcDonald_Negative.csv")
         return positive, negative
 
     def params(self) -> dict:

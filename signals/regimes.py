@@ -13,8 +13,10 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
+from engine.config import FeaturePatterns, PositiveInt, PositiveIntOrAuto
 from engine.errors import ConfigError
 from engine.features import resolve_feature_columns
+from engine.signal import SignalProvider
 
 
 def _matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
@@ -32,19 +34,32 @@ def _matrix(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     return values
 
 
-class RegimeModel:
+class RegimeModel(SignalProvider):
     """K-means regimes of sessions: ``fit(history)`` learns standardisation and clusters from past rows,
     ``transform(frame)`` labels every row 0..n_regimes-1, ordered by the clusters' mean of the first feature.
+    A learned provider that needs the session ``features`` it clusters on (other providers' columns and price
+    features), so the engine runs it after the providers of those columns, per walk-forward window.
 
     >>> RegimeModel(n_regimes=3, features=["topic_*", "volatility_20"], n_init=10, random_state=0)
     ...     .fit(history).transform(window)  # Series "regime"
     """
 
-    def __init__(self, n_regimes: int, features: list[str], n_init: int | str, random_state: int):
+    name = "regimes"
+    columns = ("regime",)
+    learned = True
+
+    # The annotations are the parameters' schema (engine.config checks signals.regimes.* against them).
+    def __init__(self, n_regimes: PositiveInt, features: FeaturePatterns, n_init: PositiveIntOrAuto,
+                 random_state: int):
         self.n_regimes = n_regimes
         self.features = features
         self.n_init = n_init
         self.random_state = random_state
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The feature patterns it clusters on (``features``)."""
+        return tuple(str(pattern) for pattern in self.features)
 
     def params(self) -> dict[str, Any]:
         """The configuration (everything that changes the labels for given data)."""

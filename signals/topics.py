@@ -21,6 +21,7 @@ from scipy import sparse
 from scipy.special import psi
 from tqdm.auto import tqdm
 
+from engine.config import Fraction, PositiveInt
 from engine.errors import ConfigError
 from engine.schema import canonical_signals, empty_signals
 from engine.signal import SignalProvider
@@ -128,9 +129,11 @@ class TopicModel(SignalProvider):
     """
 
     name = "topics"
+    learned = True  # fitted per walk-forward window on the news before it (needs: the aligned news)
 
-    def __init__(self, num_topics: int, no_below: int, no_above: float, keep_n: int | None, passes: int,
-                 iterations: int, random_state: int, chunksize: int):
+    # The annotations are the parameters' schema (engine.config checks signals.topics.* against them).
+    def __init__(self, num_topics: PositiveInt, no_below: PositiveInt, no_above: Fraction, keep_n: PositiveInt | None,
+                 passes: PositiveInt, iterations: PositiveInt, random_state: int, chunksize: PositiveInt):
         self.num_topics = num_topics
         self.no_below = no_below
         self.no_above = no_above
@@ -235,6 +238,7 @@ class TopicModel(SignalProvider):
         self._check_fitted()
         return {k: [word for word, _ in self.model_.show_topic(k, topn=n)] for k in range(self.num_topics)}
 
-    def describe(self) -> dict[str, Any]:
-        """What reports show about the fitted model: ``{"top_words": top_words()}``."""
-        return {"top_words": self.top_words()}
+    def describe(self) -> pd.DataFrame:
+        """What reports show about the fitted model (the run's topics.csv): each ``topic`` and its top ``words``,
+        space-separated."""
+        return pd.DataFrame([{"topic": topic, "words": " ".join(words)} for topic, words in self.top_words().items()])

@@ -20,8 +20,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from engine.config import (RunFolderCallback, Training, Transformer, discard_run_folder, preflight,
-                           record_run_folder, validate_config, validate_launcher)
+from engine.config import (RunFolderCallback, Training, discard_run_folder, preflight, record_run_folder,
+                           validate_config, validate_launcher)
 from engine.datasets import load_dataset
 from engine.errors import ConfigError, DataError
 from engine.run import cli
@@ -46,7 +46,7 @@ def write_inputs(folder: Path) -> None:
 def base(folder: Path) -> list[str]:
     """A valid run on the tiny csv files, every output path inside ``folder``."""
     return ["data=csv", f"data.prices.path={folder}/prices.csv", "data.prices.ticker=X",
-            f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null", "signals.sentiment=lexicon",
+            f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null", "signals/sentiment=lexicon",
             "report.enabled=false", *paths(folder)]
 
 
@@ -93,7 +93,7 @@ ROWS = [
         "data.news.timezone: unknown time zone 'Not/AZone' (an IANA name such as America/New_York, or UTC)"),
     Row("exchange_timezone", ["data.exchange_timezone=Not/AZone"],
         "data.exchange_timezone: unknown time zone 'Not/AZone' (an IANA name such as America/New_York, or UTC)"),
-    Row("news_timezone_djia", ["data=djia", "data.news_timezone=Not/AZone", "signals.sentiment=lexicon"],
+    Row("news_timezone_djia", ["data=djia", "data.news_timezone=Not/AZone", "signals/sentiment=lexicon"],
         "data.news_timezone: unknown time zone 'Not/AZone' (an IANA name such as America/New_York, or UTC)",
         use_base=False),
     Row("unknown_key", ["strategy.windw_sessions=3"],
@@ -196,16 +196,24 @@ def module_constants(relative: str) -> dict:
 
 
 def test_schema_choices_are_the_ones_the_code_knows():
+    """The transformer provider's schema is its factory's signature (engine.config.parameter_schema); the
+    training choices are engine.config's ``Training``: both must list what signals/ knows."""
+    from engine.config import parameter_schema
+    from signals.transformer import provider
+
     transformer, finetune = module_constants("signals/transformer.py"), module_constants("signals/finetune.py")
+    schema = parameter_schema(provider, ("context",))
 
-    def choices(model, name):
-        return set(typing.get_args(model.model_fields[name].annotation))
+    def choices(annotation):
+        return set(typing.get_args(annotation))
 
-    assert choices(Transformer, "precision") == transformer["PRECISIONS"]
-    assert choices(Transformer, "device") == transformer["DEVICES"]
-    assert choices(Training, "recipe") == finetune["RECIPES"]
-    assert choices(Training, "precision") == finetune["TRAIN_PRECISIONS"]
-    assert choices(Training, "device") == finetune["TRAIN_DEVICES"]
+    assert choices(schema.model_fields["precision"].annotation) == transformer["PRECISIONS"]
+    assert choices(schema.model_fields["device"].annotation) == transformer["DEVICES"]
+    training = typing.get_type_hints(Training)
+    assert choices(training["recipe"]) == finetune["RECIPES"]
+    assert choices(training["precision"]) == finetune["TRAIN_PRECISIONS"]
+    assert choices(training["device"]) == finetune["TRAIN_DEVICES"]
+    assert "context" not in schema.model_fields  # the engine's to give, never a config key
 
 
 def compose_run(*overrides):
@@ -222,7 +230,7 @@ def compose_run(*overrides):
     ("data.session_open=25:00", "data.session_open: expected a clock time like 09:30, got '25:00'"),
     ("report.enabled=1", "report.enabled: must be true or false, got 1"),
     ("+data.tickers=[AAPL]", "data.tickers: unknown key (known: name, start, end, exchange_timezone, session_open, "
-                             "session_close, news_lookback_days, type, news_timezone)"),
+                             "session_close, news_lookback_days, type, news_timezone, news, securities)"),
 ])
 def test_schema_names_the_key_and_the_value(override, message):
     with pytest.raises(ConfigError) as error:

@@ -80,7 +80,7 @@ def real_run(folder: Path, run_dir: Path, overrides: list[str]) -> dict:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=[
             "data=csv", f"data.prices.path={folder}/prices.csv", f"data.news.path={folder}/news.csv",
-            "signals.sentiment=lexicon", f"paths.cache={folder}/cache", "walk_forward.train_sessions=120",
+            "signals/sentiment=lexicon", f"paths.cache={folder}/cache", "walk_forward.train_sessions=120",
             "walk_forward.step_sessions=60", "signals.topics.num_topics=3", "signals.topics.passes=1",
             "signals.topics.no_below=2", *overrides])
     run(cfg, run_dir)

@@ -28,7 +28,7 @@ METRICS = ["sharpe", "cagr", "max_drawdown", "var_95", "trades", "final_value", 
 def sweep_command(folder, sweeps, *overrides):
     return [sys.executable, "-m", "engine.run", "-m", "data=csv", f"data.prices.path={folder}/prices.csv",
             "data.prices.ticker=PLANT", f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null",
-            "signals.sentiment=lexicon",
+            "signals/sentiment=lexicon",
             "report.enabled=false", f"paths.cache={folder}/cache", f"paths.sweeps={sweeps}",
             "walk_forward.train_sessions=120", "strategy.baseline_sessions=null", *overrides]
 
@@ -174,11 +174,13 @@ def test_fingerprint_follows_the_sentiment_word_lists(tmp_path):
     cfg = compose_cfg(tmp_path, f"paths.roots=[{tmp_path / 'roots'}]")
     job = OmegaConf.to_container(cfg, resolve=True)
     first = grid.execute_fingerprint(job)
-    # The provider's identity: the SHA-256 of its sorted words, worked out here.
-    assert first == {"provider": "lexicon", "wordlists_sha256": hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS").hexdigest()}
+    # The sentiment provider's identity: the SHA-256 of its sorted words, worked out here; one entry per slot.
+    assert first["sentiment"] == {"provider": "lexicon",
+                                  "wordlists_sha256": hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS").hexdigest()}
+    assert set(first) == {"sentiment", "topics", "regimes"}
     (lists / "LoughranMcDonald_Negative.csv").write_text("LOSS,2009\nWEAK,2009\n", encoding="ascii")
     second = grid.execute_fingerprint(job)
-    assert second["wordlists_sha256"] == hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS\nWEAK").hexdigest()
+    assert second["sentiment"]["wordlists_sha256"] == hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS\nWEAK").hexdigest()
     code, data = {"newsbt": "x"}, grid.DataHashes()
     assert grid.run_fingerprint(grid.run_inputs(job, data, first, code)) != \
         grid.run_fingerprint(grid.run_inputs(job, data, second, code))

@@ -56,7 +56,7 @@ def compose_cfg(folder: Path, *overrides):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose("config", overrides=[
             "data=csv", f"data.prices.path={folder}/prices.csv", "data.prices.ticker=NOISE",
-            f"data.news.path={folder}/news.csv", "signals.sentiment=lexicon", "report.enabled=false",
+            f"data.news.path={folder}/news.csv", "signals/sentiment=lexicon", "report.enabled=false",
             f"paths.cache={folder}/cache", "walk_forward.train_sessions=120", "walk_forward.step_sessions=60",
             "signals.topics.num_topics=3", "signals.topics.passes=1", "signals.topics.no_below=2",
             "signals.regimes.n_init=2", *overrides])
@@ -238,7 +238,7 @@ def test_a_diagnostic_feature_in_the_config_fails_before_any_work(overrides, key
 def test_the_cli_prints_one_line_naming_key_and_column(noise_folder, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "engine.run", "data=csv", f"data.prices.path={noise_folder}/prices.csv",
-         "data.prices.ticker=NOISE", "signals.sentiment=lexicon", "strategy=regression",
+         "data.prices.ticker=NOISE", "signals/sentiment=lexicon", "strategy=regression",
          "strategy.features=[forward_return]", "walk_forward.train_sessions=120", f"paths.runs={tmp_path}",
          f"paths.cache={tmp_path}/cache"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)

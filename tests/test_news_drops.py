@@ -262,7 +262,7 @@ def test_djia_accounting_matches_a_count_of_the_raw_file(shared_data):
 
 def cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "engine.run", "data=csv", "signals.sentiment=lexicon", "report.enabled=false",
+        [sys.executable, "-m", "engine.run", "data=csv", "signals/sentiment=lexicon", "report.enabled=false",
          "strategy=sentiment", "strategy.baseline_sessions=null", f"paths.runs={tmp_path}/runs",
          f"paths.cache={tmp_path}/cache", *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -288,7 +288,7 @@ def test_cli_prints_and_stores_the_drop_counts_and_warns(tmp_path, shared_data):
 
     done = cli(tmp_path, *files, "data.news.timezone=America/New_York")
     assert done.returncode == 0, done.stderr
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["news_items"], metrics["news_aligned"]) == (20, 12)
     assert metrics["news_dropped"] == NO_DROPS | {

@@ -147,13 +147,14 @@ def test_cluster_rule_maps_regimes_by_their_training_t_statistic():
 
 
 def cluster_exposure(planted, windows):
+    from engine.providers import Slot
     from signals.regimes import RegimeModel
     from strategies.cluster import ClusterRule
 
     features, outcomes = planted
     return walk_forward(features, outcomes["forward_return"], windows,
                         lambda: ClusterRule(min_t_stat=2.0, min_count=20, allow_short=False),
-                        regime_factory=lambda: RegimeModel(2, ["signal"], 10, 0), progress=False).exposure
+                        [Slot("signals.regimes", RegimeModel(2, ["signal"], 10, 0))], progress=False).exposure
 
 
 def test_cluster_rule_beats_buy_and_hold_on_a_planted_regime_and_not_on_noise():

@@ -1,0 +1,237 @@
+"""The configured signal providers: built from ``signals.<slot>`` by ``_target_``, ordered by what they need,
+computed through the signal cache.
+
+Every key of ``signals`` is a slot holding one provider's config (``conf/signals/<slot>/<option>.yaml``): its
+``_target_`` (a ``SignalProvider`` class, or a function returning one), ``enabled`` (default true) and the
+constructor's parameters. ``build_providers`` instantiates the enabled ones (Hydra ``instantiate``), handing a
+``ProviderContext`` to those whose constructor takes ``context``. ``plan_providers`` orders them so that a
+provider runs after those whose columns it ``needs`` (a cycle, or two providers producing one column, is a
+ConfigError) and splits them: ``fixed`` providers are computed once over all the data (``fixed_signals``);
+``windowed`` ones, learned or needing a learned one's columns, per walk-forward window (``window_signals``:
+fitted on the window's training news or rows only). Each output is cached under the provider's ``name``, its
+``params()`` and a fingerprint of exactly the input it read, so the sweep's signal preparation, the runs and
+the cache counts all follow from the same declarations.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from engine.cache import SignalCache, fingerprint
+from engine.config import provider_parameters
+from engine.errors import ConfigError
+from engine.features import DIAGNOSTIC_COLUMNS, check_pre_open, pattern_matches, provider_signals
+from engine.schema import canonical_signals
+from engine.signal import NEWS, ProviderContext, SignalProvider
+
+# Bumped when what a cached window entry holds changes (1: describe() as a frame in the attrs).
+WINDOW_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One configured provider: its config ``key`` (``signals.topics``) and the built ``provider``."""
+
+    key: str
+    provider: SignalProvider
+
+    @property
+    def slot(self) -> str:
+        """The slot's name, e.g. ``topics``."""
+        return self.key.rpartition(".")[2]
+
+
+@dataclass
+class SignalPlan:
+    """The enabled providers in the order they run: ``fixed`` (computed once over all data) and ``windowed``
+    (learned, or needing a learned provider's columns: per walk-forward window, for learned rules)."""
+
+    fixed: list[Slot] = field(default_factory=list)
+    windowed: list[Slot] = field(default_factory=list)
+
+    @property
+    def slots(self) -> list[Slot]:
+        return [*self.fixed, *self.windowed]
+
+
+def build_providers(signals: Mapping[str, Any], data_roots: Sequence[Path], cache_root: Path) -> list[Slot]:
+    """Instantiate every enabled provider of a plain ``signals`` config, in config order; each is checked against
+    its target's signature first (``engine.config.provider_parameters``).
+
+    >>> slots = build_providers(config["signals"], roots, project_path(cfg.paths.cache))
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+    import inspect
+
+    slots = []
+    for slot, values in signals.items():
+        checked = provider_parameters(str(slot), values)
+        if checked is None:
+            continue
+        target, cls, params = checked
+        key = f"signals.{slot}"
+        extra = {}
+        if "context" in inspect.signature(target).parameters:
+            extra["context"] = ProviderContext(key, tuple(Path(root) for root in data_roots), Path(cache_root))
+        try:
+            # partial: the context is handed over as the object it is (instantiate would turn it into a mapping)
+            factory = instantiate({"_target_": values["_target_"], **params}, _convert_="all", _partial_=True)
+        except InstantiationException as error:
+            raise ConfigError(f"{key}: cannot build {values['_target_']!r}: {error.__cause__ or error}") from None
+        provider = factory(**extra)
+        if not isinstance(provider, SignalProvider):
+            raise ConfigError(f"{key}._target_: {values['_target_']!r} returned {type(provider).__name__}, not a "
+                              f"SignalProvider")
+        slots.append(Slot(key, provider))
+    return slots
+
+
+def _dependencies(slot: Slot, others: list[Slot]) -> list[Slot]:
+    """The providers whose columns ``slot`` needs (none for a news reader)."""
+    if slot.provider.reads_news:
+        return []
+    patterns = list(slot.provider.needs)
+    return [other for other in others if other is not slot
+            and any(pattern_matches(p, c) for p in patterns for c in other.provider.produces)]
+
+
+def plan_providers(slots: list[Slot], base_columns: Sequence[str]) -> SignalPlan:
+    """Order ``slots`` so each runs after the providers it needs (config order otherwise), and split them into
+    fixed and windowed (see ``SignalPlan``). ConfigError for: needs mixing news and columns, a produced column
+    that is a price feature, a diagnostic or another provider's, and a cycle of needs.
+
+    >>> plan = plan_providers(build_providers(...), features.columns)
+    """
+    owner: dict[str, str] = {column: "the price features" for column in base_columns}
+    for slot in slots:
+        needs = list(slot.provider.needs)
+        if not needs:
+            raise ConfigError(f"{slot.key}: the provider declares no needs (news, or feature columns)")
+        if NEWS in needs and len(needs) > 1:
+            raise ConfigError(f"{slot.key}: a provider reads news or session features, not both (needs {needs})")
+        for column in slot.provider.produces:
+            if column in DIAGNOSTIC_COLUMNS:
+                raise ConfigError(f"{slot.key}: produces {column!r}, a column not known before the session's open")
+            if column in owner:
+                raise ConfigError(f"{slot.key}: produces {column!r}, which {owner[column]} already provide"
+                                  f"{'' if owner[column].startswith('the ') else 's'}")
+            owner[column] = slot.key
+        missing = [c for c in slot.provider.item_columns if c not in slot.provider.produces]
+        if missing:
+            raise ConfigError(f"{slot.key}: item column {missing[0]!r} is not among the columns it produces")
+    needs = {slot.key: _dependencies(slot, slots) for slot in slots}
+    ordered: list[Slot] = []
+    pending = list(slots)
+    while pending:
+        ready = [slot for slot in pending if all(d in ordered for d in needs[slot.key])]
+        if not ready:
+            raise ConfigError("signals: the providers need each other's columns in a cycle: "
+                              + _cycle_text(pending, needs))
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    windowed: set[str] = set()
+    for slot in ordered:
+        if slot.provider.learned or any(d.key in windowed for d in needs[slot.key]):
+            windowed.add(slot.key)
+    return SignalPlan([s for s in ordered if s.key not in windowed], [s for s in ordered if s.key in windowed])
+
+
+def _cycle_text(pending: list[Slot], needs: dict[str, list[Slot]]) -> str:
+    """One cycle among ``pending`` as ``a needs b needs a``."""
+    path = [pending[0]]
+    while True:
+        following = next(d for d in needs[path[-1].key] if d in pending)
+        if following in path:
+            return " needs ".join(slot.key for slot in path[path.index(following):] + [following])
+        path.append(following)
+
+
+def needed_columns(provider: SignalProvider, columns: Sequence[str]) -> list[str]:
+    """The columns among ``columns`` that a feature reader's ``needs`` select, in ``columns``' order (the
+    provider resolves its own patterns strictly: an unmatched one is its error to name)."""
+    return [str(c) for c in columns if any(pattern_matches(p, str(c)) for p in provider.needs)]
+
+
+def _as_frame(output: pd.DataFrame | pd.Series) -> pd.DataFrame:
+    return output.to_frame() if isinstance(output, pd.Series) else output
+
+
+def fixed_signals(slot: Slot, aligned: pd.DataFrame, features: pd.DataFrame, cache: SignalCache) -> pd.DataFrame:
+    """A fixed provider's output over all the data, from the cache or computed: from ``aligned`` news for a news
+    reader, else from the ``features`` columns it needs. The provider's counts (``stats_``) travel in the attrs.
+
+    >>> frame = fixed_signals(slot, aligned, features, cache)
+    """
+    provider = slot.provider
+    if provider.reads_news:
+        return provider_signals(provider, aligned, cache)
+    inputs = features[needed_columns(provider, features.columns)]
+    key = {"provider": provider.name, "params": provider.params(), "rows": fingerprint(inputs)}
+
+    def compute() -> pd.DataFrame:
+        frame = _as_frame(provider.transform(inputs))
+        frame.attrs = {"stats": dict(getattr(provider, "stats_", {}) or {})}
+        return frame
+
+    return cache.get_or_compute(provider.name, key, compute)
+
+
+def item_scores(slot: Slot, aligned: pd.DataFrame, cache: SignalCache) -> pd.DataFrame:
+    """A fixed news reader's ``item_columns`` per row of ``aligned`` (same index), cached like its signals.
+
+    >>> item_scores(slot, aligned, cache)["sentiment"]
+    """
+    provider = slot.provider
+    key = {"provider": provider.name, "params": provider.params(), "items": list(provider.item_columns),
+           "news": fingerprint(aligned[["ticker", "session", "text"]])}
+    frame = cache.get_or_compute(f"{provider.name}-items", key,
+                                 lambda: provider.item_scores(aligned).reset_index(drop=True))
+    frame.index = aligned.index
+    return frame
+
+
+def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame | None,
+                   cache: SignalCache | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """A windowed provider's output for ``window`` and what its fit ``describe()``s, from the cache or computed
+    by a fresh copy of it: a news reader fitted on the news of sessions [train_start, test_start) and applied
+    to [train_start, test_end]; a feature reader fitted on ``frame``'s rows before ``test_start`` (the columns
+    it needs) and applied to all of ``frame``'s rows (the window's). A learned provider never sees a label.
+
+    >>> output, described = window_signals(slot, window, window_rows(features, window), aligned, cache)
+    """
+    provider = copy.deepcopy(slot.provider)  # a fresh, unfitted provider per window (its config only)
+    bounds = [str(window.train_start), str(window.test_start), str(window.test_end)]
+    if provider.reads_news:
+        if news is None:
+            raise ConfigError(f"{slot.key}: reads news, and none were given to the walk-forward")
+        sessions = pd.DatetimeIndex(news["session"])
+        past = news[(sessions >= window.train_start) & (sessions < window.test_start)]
+        span = news[(sessions >= window.train_start) & (sessions <= window.test_end)]
+        key = {"provider": provider.name, "params": provider.params(), "window": bounds,
+               "past": fingerprint(past[["ticker", "session", "text"]]),
+               "span": fingerprint(span[["ticker", "session", "text"]]), "version": WINDOW_CACHE_VERSION}
+        fit_on, apply_to = past, span
+    else:
+        inputs = frame[needed_columns(provider, frame.columns)]
+        sessions = pd.DatetimeIndex(inputs.index.get_level_values("session"))
+        key = {"provider": provider.name, "params": provider.params(), "window": bounds,
+               "rows": fingerprint(inputs), "version": WINDOW_CACHE_VERSION}
+        fit_on, apply_to = inputs[sessions < window.test_start], inputs
+
+    def compute() -> pd.DataFrame:
+        fitted = provider.fit(fit_on) if provider.learned else provider
+        output = _as_frame(fitted.transform(apply_to))
+        described = fitted.describe()
+        # What the fit shows in reports (e.g. top words) travels in the cached file.
+        output.attrs = {"describe": [] if described is None else described.to_dict(orient="records")}
+        return output
+
+    output = compute() if cache is None else cache.get_or_compute(f"{provider.name}-window", key, compute)
+    records = output.attrs.get("describe") or []
+    described = pd.DataFrame.from_records(records) if records else None
+    return canonical_signals(check_pre_open(output, f"{slot.key} (window {window.index})")), described
