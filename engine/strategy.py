@@ -42,6 +42,26 @@ class Rule:
         """What the last ``fit`` learned, as a small frame saved with the run (e.g. the regime map)."""
         return None
 
+    def inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        """What the rule read to decide each row of ``features`` (same index), for the run's decisions.csv: the
+        feature columns it uses (by default all of them), then any value it derived from them and compared
+        with its threshold (e.g. the sentiment rule's ``sentiment_score``).
+
+        >>> rule.inputs(features).loc[("AAPL", session)]  # sentiment 0.4, sentiment_score 0.1, ...
+        """
+        return features
+
+    def news_window(self, features: pd.DataFrame) -> pd.DataFrame | None:
+        """Which news fed each row's decision, for decisions.csv (same index as ``features``): ``since``, the
+        first session whose news the row's inputs hold, and ``baseline``, the sentiment level the rule compared
+        its news with (each headline's score counts as its difference from it; NaN: 0). None when the rule
+        reads no news. By default a row's own session (its features hold the news aligned to it), baseline 0.
+
+        >>> rule.news_window(features)["since"]
+        """
+        sessions = features.index.get_level_values("session")
+        return pd.DataFrame({"since": sessions, "baseline": 0.0}, index=features.index)
+
     def params(self) -> dict[str, Any]:
         """The rule's parameters (constructor arguments)."""
         return {k: v for k, v in vars(self).items() if not k.endswith("_") and not k.startswith("_")}

@@ -17,3 +17,10 @@ class BuyAndHold(Rule):
 
     def target(self, features: pd.DataFrame) -> pd.Series:
         return pd.Series(1.0, index=features.index, name="exposure")
+
+    def inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Nothing: the rule is long whatever the features say."""
+        return features[[]]
+
+    def news_window(self, features: pd.DataFrame) -> None:
+        return None

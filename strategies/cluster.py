@@ -56,5 +56,9 @@ class ClusterRule(Rule):
         forecast = features["regime"].map(means).fillna(0.0)
         return pd.Series(forecast.to_numpy(dtype="float64"), index=features.index, name="prediction")
 
+    def inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The ``regime`` (its training mean return and t-statistic are in the run's regime_map.csv)."""
+        return features[["regime"]]
+
     def learned_summary(self) -> pd.DataFrame:
         return self.regime_map_[["regime", "mean_return", "t_stat", "count", "position"]]

@@ -70,6 +70,13 @@ class RegressionRule(Rule):
     def target(self, features: pd.DataFrame) -> pd.Series:
         return threshold_exposure(self.prediction(features), self.threshold, self.allow_short)
 
+    def inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The model's columns: once fitted, those it used (a column without a value in training is left out);
+        before, the columns that ``features`` patterns name."""
+        if getattr(self, "pipeline_", None) is not None:
+            return features[self.usable_]
+        return features[resolve_feature_columns(self.features, features.columns, "strategy.features")]
+
     def learned_summary(self) -> pd.DataFrame | None:
         if self.pipeline_ is None:
             return None

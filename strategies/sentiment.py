@@ -30,16 +30,39 @@ class SentimentRule(Rule):
         self.allow_short = allow_short
         self.baseline_sessions = baseline_sessions
 
-    def score(self, features: pd.DataFrame) -> pd.Series:
-        """The rolling mean sentiment, less its trailing baseline when configured."""
+    def _recent_and_baseline(self, features: pd.DataFrame) -> tuple[pd.Series, pd.Series | None]:
         by_ticker = features["sentiment"].groupby(level="ticker", sort=False)
         recent = by_ticker.transform(lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
         if self.baseline_sessions is None:
-            return recent
+            return recent, None
         baseline = by_ticker.transform(
             lambda s: s.shift(self.window_sessions).rolling(self.baseline_sessions, min_periods=self.baseline_sessions // 2).mean()
         )
-        return recent - baseline
+        return recent, baseline
+
+    def score(self, features: pd.DataFrame) -> pd.Series:
+        """The rolling mean sentiment, less its trailing baseline when configured."""
+        recent, baseline = self._recent_and_baseline(features)
+        return recent if baseline is None else recent - baseline
+
+    def inputs(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The session's ``sentiment``, the window's mean (``sentiment_window_mean``), the baseline when set
+        (``sentiment_baseline``) and the ``sentiment_score`` compared with the threshold."""
+        recent, baseline = self._recent_and_baseline(features)
+        read = pd.DataFrame({"sentiment": features["sentiment"], "sentiment_window_mean": recent})
+        if baseline is not None:
+            read["sentiment_baseline"] = baseline
+        read["sentiment_score"] = recent if baseline is None else recent - baseline
+        return read
+
+    def news_window(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The news of the last ``window_sessions`` sessions of each ticker (fewer at its start), compared with
+        the baseline when set."""
+        sessions = pd.Series(features.index.get_level_values("session"), index=features.index)
+        by_ticker = sessions.groupby(level="ticker", sort=False)
+        since = by_ticker.shift(self.window_sessions - 1).fillna(by_ticker.transform("first"))
+        _, baseline = self._recent_and_baseline(features)
+        return pd.DataFrame({"since": since, "baseline": 0.0 if baseline is None else baseline}, index=features.index)
 
     def target(self, features: pd.DataFrame) -> pd.Series:
         return threshold_exposure(self.score(features), self.threshold, self.allow_short)
