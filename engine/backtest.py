@@ -188,17 +188,13 @@ class TargetWeightStrategy(bt.Strategy):
         self.broker.panel = self.p.panel
         self.index = {data: ticker for ticker, data in enumerate(self.datas)}
         self.stopped = [0] * len(self.datas)  # sign of the exposure a stop took each ticker out of
-        self.trade_log = TradeLog()
+        self.executions: list[tuple] = []  # for round_trips
         self.fills: list[tuple] = []
         self.book: list[tuple] = []
         self.var_scales: list[float] = []
         self.rejected = 0
-        self.scale = 1.0  # the VaR scale for the next open
-        self.returns: collections.deque[float] = collections.deque()
-        self.sorted_returns: list[float] = []
+        self.var_window = VarWindow(self.p.var_limit, self.p.var_window_sessions)
         self.last_value: float | None = None
-        # numpy's "lower" 5% quantile of N values is the k-th smallest: let numpy itself say which k.
-        self.var_rank = int(np.quantile(np.arange(self.p.var_window_sessions), 0.05, method="lower"))
 
     def _round(self, size: float) -> float:
         # Toward zero (to a millionth of a unit when fractional), so that a fully invested book never needs a
@@ -222,7 +218,7 @@ class TargetWeightStrategy(bt.Strategy):
         self.broker.session_row = row
         opens, weights = self.p.panel.open[row], self.p.panel.weight[row]
         value = self.broker.getvalue()
-        scale = self.scale
+        scale = self.var_window.scale
         self.var_scales.append(scale)
         positions = self.broker.positions
         band = self.p.rebalance_band * value
@@ -271,7 +267,7 @@ class TargetWeightStrategy(bt.Strategy):
 
     def _addnotification(self, order, quicknotify=False):
         # backtrader's Strategy also books every execution into its own Trade objects here (copying them as
-        # they open and close) for notify_trade; nothing here reads those, TradeLog keeps the round trips.
+        # they open and close) for notify_trade; nothing here reads those, round_trips builds the round trips.
         if not order.p.simulated:
             self._orderspending.append(order)
 
@@ -285,7 +281,10 @@ class TargetWeightStrategy(bt.Strategy):
         executed = order.executed
         self.fills.append((executed.dt, order.data._name, executed.size, executed.price, executed.comm,
                            "stop" if stop else "rebalance"))
-        self.trade_log.add(order)
+        data = order.data
+        for bit in executed.iterpending():
+            self.executions.append((data._name, data.datetime[0], len(data), bit.closed, bit.opened, bit.price,
+                                    bit.closedcomm, bit.openedcomm))
         if stop:
             self.stopped[self.index[order.data]] = -1 if executed.size > 0 else 1
 
@@ -295,7 +294,7 @@ class TargetWeightStrategy(bt.Strategy):
     def next(self):
         value = self._record()
         if self.p.var_limit is not None and self.last_value is not None:
-            self._slide_var_window(value / self.last_value - 1)
+            self.var_window.add(value / self.last_value - 1)
         self.last_value = value
 
     def _record(self) -> float:
@@ -306,65 +305,114 @@ class TargetWeightStrategy(bt.Strategy):
                           *[positions[data].size for data in self.datas]))
         return value
 
-    def _slide_var_window(self, daily_return: float) -> None:
-        """Add the session's return to the VaR window (dropping the oldest); set the scale for the next open."""
+
+class VarWindow:
+    """The VaR limit (module docstring): the last ``sessions`` daily returns, kept sorted; ``scale`` is the
+    scale for the next open.
+
+    >>> window = VarWindow(0.03, 60); window.add(-0.01); window.scale
+    """
+
+    def __init__(self, limit: float | None, sessions: int):
+        self.limit = limit
+        self.sessions = sessions
+        self.scale = 1.0
+        self.returns: collections.deque[float] = collections.deque()
+        self.sorted_returns: list[float] = []
+        # numpy's "lower" 5% quantile of N values is the k-th smallest: let numpy itself say which k.
+        self.rank = int(np.quantile(np.arange(sessions), 0.05, method="lower"))
+
+    def add(self, daily_return: float) -> None:
+        """Add the session's return to the window (dropping the oldest); set the scale for the next open."""
         self.returns.append(daily_return)
         bisect.insort(self.sorted_returns, daily_return)
-        if len(self.returns) > self.p.var_window_sessions:
+        if len(self.returns) > self.sessions:
             oldest = self.returns.popleft()
             del self.sorted_returns[bisect.bisect_left(self.sorted_returns, oldest)]
-        if len(self.returns) == self.p.var_window_sessions:
-            var_95 = -self.sorted_returns[self.var_rank]
-            self.scale = 1.0 if var_95 <= self.p.var_limit else self.p.var_limit / var_95
+        if len(self.returns) == self.sessions:
+            var_95 = -self.sorted_returns[self.rank]
+            self.scale = 1.0 if var_95 <= self.limit else self.limit / var_95
 
 
-class TradeLog:
-    """Closed round trips: ticker, opened, closed, size (the largest), entry and exit price, pnl, commission,
-    bars. Follows each execution as backtrader's Trade does (a reversal closes one trip and opens the next),
-    without backtrader's trade history, which copied the trade at every fill."""
+TRADE_COLUMNS = ["ticker", "opened", "closed", "size", "entry_price", "exit_price", "pnl", "pnl_net", "commission", "bars"]
+FILL_COLUMNS = ["date", "ticker", "size", "price", "commission", "kind"]
+EXECUTION_COLUMNS = ["ticker", "session", "bar", "closed", "opened", "price", "closed_commission", "opened_commission"]
 
-    def __init__(self):
-        self.rows: list[dict] = []
-        self.trips: dict = {}
 
-    def add(self, order) -> None:
-        """Book a completed order's executions."""
-        for bit in order.executed.iterpending():
-            if bit.closed:
-                self._update(order.data, bit.closed, bit.price, bit.closedcomm)
-            if bit.opened:
-                self._update(order.data, bit.opened, bit.price, bit.openedcomm)
+def round_trips(executions) -> pd.DataFrame:
+    """Closed round trips (``TRADE_COLUMNS``) from executions in the order they happened: a frame, or a dict of
+    arrays, with ``EXECUTION_COLUMNS``. Each execution is one fill's ``closed`` units that reduced the position,
+    then its ``opened`` units that opened or grew it (each signed like the fill, 0 when none), at ``price``, with
+    each part's commission, in ``session`` (carried as given), the ticker's ``bar``-th bar. A trip follows each
+    part as backtrader's Trade does (a reversal closes one trip and opens the next; entry is the size-weighted
+    price while it grows; pnl is booked as it shrinks) without backtrader's trade history, which copied the
+    trade at every fill. Both engines build their trades here; each trip's arithmetic is sequential, in
+    backtrader's order.
 
-    def _update(self, data, size: float, price: float, commission: float) -> None:
-        trip = self.trips.get(data)
-        if trip is None:
-            trip = self.trips[data] = {"size": 0.0, "price": 0.0, "pnl": 0.0, "commission": 0.0, "peak": 0.0,
-                                       "entry": price, "opened": data.datetime[0], "bar": len(data)}
-        old = trip["size"]
-        new = trip["size"] = old + size
-        trip["commission"] += commission
-        if abs(new) > abs(old):
-            trip["price"] = (old * trip["price"] + size * price) / new
-        else:
-            trip["pnl"] += -size * (price - trip["price"])
-        if abs(new) > abs(trip["peak"]):
-            trip["peak"] = new
-        if not new:
-            del self.trips[data]
-            self.rows.append(
-                {
-                    "ticker": data._name,
-                    "opened": trip["opened"],
-                    "closed": data.datetime[0],
-                    "size": trip["peak"],
-                    "entry_price": trip["entry"],
-                    "exit_price": price,
-                    "pnl": trip["pnl"],
-                    "pnl_net": trip["pnl"] - trip["commission"],
-                    "commission": trip["commission"],
-                    "bars": len(data) - trip["bar"],
-                }
-            )
+    >>> round_trips(pd.DataFrame([("X", 1, 2, 0.0, 10.0, 102.0, 0.0, 1.02), ("X", 3, 4, -10.0, 0.0, 105.0, 1.05, 0.0)],
+    ...                          columns=EXECUTION_COLUMNS))  # one trip: opened 1, closed 3, pnl 30
+    """
+    # Labels (ticker, session) are taken as given, numbers read as arrays.
+    column = {name: executions[name].array if isinstance(executions[name], pd.Series) else executions[name]
+              for name in ("ticker", "session")}
+    column.update({name: np.asarray(executions[name]) for name in EXECUTION_COLUMNS[2:]})
+    if not len(column["closed"]):
+        return pd.DataFrame(columns=TRADE_COLUMNS)
+    # The parts, in order: each execution's closed part, then its opened part.
+    sizes = np.stack([column["closed"], column["opened"]], 1).astype("float64").ravel()
+    commissions = np.stack([column["closed_commission"], column["opened_commission"]], 1).astype("float64").ravel()
+    source = np.repeat(np.arange(len(column["closed"])), 2)
+    keep = sizes != 0
+    sizes, commissions, source = sizes[keep], commissions[keep], source[keep]
+    codes = pd.factorize(column["ticker"])[0][source]
+    order = np.argsort(codes, kind="stable")  # each ticker's parts together, in time order
+    sizes, commissions, source, codes = sizes[order], commissions[order], source[order], codes[order]
+    prices = column["price"].astype("float64")[source]
+    # A trip's size is the running sum of its parts, and it ends exactly when that sum is 0: so the running sum
+    # over all of a ticker's parts (sequential, as the trip adds them) gives every trip's sizes.
+    new = np.empty_like(sizes)
+    bounds = np.flatnonzero(np.diff(codes)) + 1
+    for first, last in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(sizes)]))):
+        new[first:last] = np.cumsum(sizes[first:last])
+    ends = new == 0
+    starts = np.ones(len(sizes), dtype=bool)
+    starts[1:] = ends[:-1] | (codes[1:] != codes[:-1])
+    old = np.where(starts, 0.0, np.concatenate(([0.0], new[:-1])))
+    first_part = np.flatnonzero(starts)
+    lengths = np.diff(np.concatenate((first_part, [len(sizes)])))
+    trips = len(first_part)
+    price, pnl, commission, peak = np.zeros(trips), np.zeros(trips), np.zeros(trips), np.zeros(trips)
+    live = np.arange(trips)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for k in range(int(lengths.max())):  # the k-th part of every trip that has one, all at once
+            live = live[lengths[live] > k]
+            part = first_part[live] + k
+            size, fill, before, after = sizes[part], prices[part], old[part], new[part]
+            commission[live] += commissions[part]
+            grows = np.abs(after) > np.abs(before)
+            trip_price = price[live]
+            pnl[live] = np.where(grows, pnl[live], pnl[live] + -size * (fill - trip_price))
+            price[live] = np.where(grows, (before * trip_price + size * fill) / after, trip_price)
+            peak[live] = np.where(np.abs(after) > np.abs(peak[live]), after, peak[live])
+    last_part = first_part + lengths - 1
+    closed = np.flatnonzero(ends[last_part])
+    if not closed.size:
+        return pd.DataFrame(columns=TRADE_COLUMNS)
+    closed = closed[np.argsort(source[last_part[closed]], kind="stable")]  # rows in the order trips closed
+    opening, closing = source[first_part[closed]], source[last_part[closed]]
+    session, bar = column["session"], column["bar"]
+    return pd.DataFrame({
+        "ticker": column["ticker"][opening],
+        "opened": session[opening],
+        "closed": session[closing],
+        "size": peak[closed],
+        "entry_price": prices[first_part[closed]],
+        "exit_price": prices[last_part[closed]],
+        "pnl": pnl[closed],
+        "pnl_net": pnl[closed] - commission[closed],
+        "commission": commission[closed],
+        "bars": bar[closing] - bar[opening],
+    }, columns=TRADE_COLUMNS)
 
 
 @dataclass
@@ -381,8 +429,75 @@ class BacktestResult:
     orders: int = 0
 
 
-TRADE_COLUMNS = ["ticker", "opened", "closed", "size", "entry_price", "exit_price", "pnl", "pnl_net", "commission", "bars"]
-FILL_COLUMNS = ["date", "ticker", "size", "price", "commission", "kind"]
+
+
+@dataclass(frozen=True)
+class Terms:
+    """The broker's and the risk limits' settings as both engines read them (module docstring): rates are
+    fractions (5 bps = 0.0005); ``cost_rate`` is the sizing divisor's excess over 1; None disables a limit."""
+
+    cash: float
+    commission_rate: float
+    slippage_rate: float
+    cost_rate: float
+    fractional: bool
+    rebalance_band: float
+    stop_loss: float | None
+    var_limit: float | None
+    var_window_sessions: int
+
+
+def backtest_terms(broker: dict, risk: dict | None = None) -> Terms:
+    """The ``Terms`` of a ``broker`` and ``risk`` config; ConfigError for a negative or non-finite cost or cash.
+
+    >>> backtest_terms({"cash": 100_000, "commission_bps": 5}).commission_rate  # 0.0005
+    """
+    risk = risk or {}
+    cash = float(broker.get("cash", 100_000))
+    commission_bps = float(broker.get("commission_bps", 0))
+    slippage_bps = float(broker.get("slippage_bps", 0))
+    for key, value in (("broker.cash", cash), ("broker.commission_bps", commission_bps), ("broker.slippage_bps", slippage_bps)):
+        if not math.isfinite(value) or value < 0 or (key == "broker.cash" and value == 0):
+            raise ConfigError(f"{key}: must be a non-negative number (cash positive), got {value}")
+    return Terms(
+        cash=cash,
+        commission_rate=commission_bps / 1e4,
+        slippage_rate=slippage_bps / 1e4,
+        # A buy fills at open * (1 + slippage) and pays commission on that: size so both fit in the cash.
+        cost_rate=(1 + slippage_bps / 1e4) * (1 + commission_bps / 1e4) * (1 + 1e-9) - 1,
+        fractional=bool(broker.get("fractional", True)),
+        rebalance_band=float(broker.get("rebalance_band", 0.0)),
+        stop_loss=risk.get("stop_loss"),
+        var_limit=risk.get("var_limit"),
+        var_window_sessions=int(risk.get("var_window_sessions") or 60),
+    )
+
+
+@dataclass
+class SessionGrid:
+    """The bars (the engine's columns) placed on a grid: each bar's ticker code and session row; the tickers,
+    sorted; the calendar, one date per session (in the sessions' own time zone)."""
+
+    bars: pd.DataFrame
+    codes: np.ndarray
+    tickers: pd.Index
+    local_dates: pd.DatetimeIndex
+    calendar: pd.DatetimeIndex
+    rows: np.ndarray
+
+
+def session_grid(bars: pd.DataFrame) -> SessionGrid:
+    """The ``SessionGrid`` of bars indexed by (ticker, session).
+
+    >>> session_grid(bars).calendar  # one date per session, over all tickers
+    """
+    bars = bars[["open", "high", "low", "close", "volume", "weight"]]
+    codes, tickers = pd.factorize(bars.index.get_level_values("ticker"), sort=True)
+    sessions = pd.DatetimeIndex(bars.index.get_level_values("session"))
+    # Exchange sessions are one per date: a feed is dated by the session's date in its own time zone.
+    local_dates = (sessions.tz_localize(None) if sessions.tz is not None else sessions).normalize()
+    calendar = pd.DatetimeIndex(np.unique(local_dates.to_numpy()))
+    return SessionGrid(bars, codes, tickers, local_dates, calendar, calendar.get_indexer(local_dates))
 
 
 def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> BacktestResult:
@@ -392,41 +507,30 @@ def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> 
 
     >>> result = run_backtest(bars, {"cash": 100_000, "commission_bps": 5, "slippage_bps": 2})
     """
-    risk = risk or {}
-    cash = float(broker.get("cash", 100_000))
-    commission_bps = float(broker.get("commission_bps", 0))
-    slippage_bps = float(broker.get("slippage_bps", 0))
-    for key, value in (("broker.cash", cash), ("broker.commission_bps", commission_bps), ("broker.slippage_bps", slippage_bps)):
-        if not math.isfinite(value) or value < 0 or (key == "broker.cash" and value == 0):
-            raise ConfigError(f"{key}: must be a non-negative number (cash positive), got {value}")
+    terms = backtest_terms(broker, risk)
     cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True, runonce=True, preload=True)
-    cerebro.broker = StopLossBroker(stop_loss=risk.get("stop_loss"))
-    cerebro.broker.setcash(cash)
-    cerebro.broker.setcommission(commission=commission_bps / 1e4)
-    cerebro.broker.set_slippage_perc(slippage_bps / 1e4, slip_open=True, slip_limit=True, slip_match=True, slip_out=False)
+    cerebro.broker = StopLossBroker(stop_loss=terms.stop_loss)
+    cerebro.broker.setcash(terms.cash)
+    cerebro.broker.setcommission(commission=terms.commission_rate)
+    cerebro.broker.set_slippage_perc(terms.slippage_rate, slip_open=True, slip_limit=True, slip_match=True,
+                                     slip_out=False)
     cerebro.broker.set_checksubmit(False)
 
-    bars = bars[["open", "high", "low", "close", "volume", "weight"]]
-    codes, tickers = pd.factorize(bars.index.get_level_values("ticker"), sort=True)
-    sessions = pd.DatetimeIndex(bars.index.get_level_values("session"))
-    # Exchange sessions are one per date: a feed is dated by the session's date in its own time zone.
-    local_dates = (sessions.tz_localize(None) if sessions.tz is not None else sessions).normalize()
-    calendar = pd.DatetimeIndex(np.unique(local_dates.to_numpy()))
-    for code, ticker in enumerate(tickers):
-        rows = np.flatnonzero(codes == code)
-        cerebro.adddata(WeightFeed(dataname=bars.iloc[rows].set_axis(local_dates[rows])), name=str(ticker))
-    panel = _panel(calendar, codes, calendar.get_indexer(local_dates), bars, len(tickers))
+    grid = session_grid(bars)
+    for code, ticker in enumerate(grid.tickers):
+        rows = np.flatnonzero(grid.codes == code)
+        cerebro.adddata(WeightFeed(dataname=grid.bars.iloc[rows].set_axis(grid.local_dates[rows])), name=str(ticker))
+    panel = _panel(grid.calendar, grid.codes, grid.rows, grid.bars, len(grid.tickers))
     cerebro.addstrategy(
         TargetWeightStrategy,
         panel=panel,
-        fractional=bool(broker.get("fractional", True)),
-        # A buy fills at open * (1 + slippage) and pays commission on that: size so both fit in the cash.
-        cost_rate=(1 + slippage_bps / 1e4) * (1 + commission_bps / 1e4) * (1 + 1e-9) - 1,
-        commission_rate=commission_bps / 1e4,
-        slippage_rate=slippage_bps / 1e4,
-        rebalance_band=float(broker.get("rebalance_band", 0.0)),
-        var_limit=risk.get("var_limit"),
-        var_window_sessions=int(risk.get("var_window_sessions") or 60),
+        fractional=terms.fractional,
+        cost_rate=terms.cost_rate,
+        commission_rate=terms.commission_rate,
+        slippage_rate=terms.slippage_rate,
+        rebalance_band=terms.rebalance_band,
+        var_limit=terms.var_limit,
+        var_window_sessions=terms.var_window_sessions,
     )
     strategy = cerebro.run()[0]
 
@@ -435,10 +539,10 @@ def run_backtest(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -> 
             frame[column] = [panel.dates[panel.rows[number]] for number in frame[column]]
         return frame
 
-    positions = [f"position_{ticker}" for ticker in tickers]
+    positions = [f"position_{ticker}" for ticker in grid.tickers]
     return BacktestResult(
         book=dated(pd.DataFrame(strategy.book, columns=["date", "value", "cash", *positions]), "date"),
-        trades=dated(pd.DataFrame(strategy.trade_log.rows, columns=TRADE_COLUMNS), "opened", "closed"),
+        trades=dated(round_trips(pd.DataFrame(strategy.executions, columns=EXECUTION_COLUMNS)), "opened", "closed"),
         fills=dated(pd.DataFrame(strategy.fills, columns=FILL_COLUMNS), "date"),
         var_scales=strategy.var_scales,
         rejected_orders=strategy.rejected,

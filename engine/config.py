@@ -254,6 +254,7 @@ class Config(_Section):
 
     paths: Paths
     latency_minutes: NonNegativeNumber
+    engine: Literal["backtrader", "vectorized"]  # engine.backtest.run_backtest or engine.vectorized.run_vectorized
     walk_forward: WalkForward
     data: dict[str, Any]
     signals: dict[str, Any]
