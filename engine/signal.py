@@ -59,8 +59,16 @@ class SignalProvider:
     - ``learned``: fitted per walk-forward window on the window's training rows (or news) only, then applied
       to the window; a provider that is not learned is computed once over all the data. Learned providers
       (and those needing their columns) feed learned rules, which are the ones walked forward.
-    - ``item_columns``: produced columns that also have a value per news item (``item_scores``), kept in the
-      run's ``news.parquet``.
+    - ``item_columns``: columns with a value per news item (``item_scores``), kept in the run's ``news.parquet``:
+      produced columns (each item's own value, the default ``item_scores``), or, where ``item_scores`` is
+      overridden, other per-item values (e.g. a label: the event type of each item).
+    - ``item_needs`` (news readers): other providers' ``item_columns`` it reads beside each item (e.g. each
+      item's ``sentiment``): the engine joins them onto the aligned news it hands over and runs this provider
+      after theirs. Per-item values exist for providers computed once over all the data, so a provider with
+      ``item_needs`` may not be learned.
+    - ``reads_sessions`` (news readers): True to be called as ``transform(news, sessions=index)``, ``index``
+      the (ticker, session) index of every session of the instruments (the price grid of the data transformed:
+      all of it, or a walk-forward window's rows), e.g. to count sessions without news.
 
     Subclasses set ``name`` (the cache's name for their output) and those declarations, store their config in
     ``__init__`` and implement ``transform``; learned providers also implement ``fit``. ``params()`` returns
@@ -74,6 +82,8 @@ class SignalProvider:
     columns: tuple[str, ...] = ()
     learned: bool = False
     item_columns: tuple[str, ...] = ()
+    item_needs: tuple[str, ...] = ()
+    reads_sessions: bool = False
 
     @property
     def produces(self) -> tuple[str, ...]:
@@ -92,8 +102,8 @@ class SignalProvider:
 
     def transform(self, inputs: pd.DataFrame) -> pd.DataFrame | pd.Series:
         """Return a signals frame indexed by (ticker, session) with the ``produces`` columns (a Series for a
-        single column, named by it): from news, one row per session that has at least one item; from
-        features, one row per row of ``inputs``."""
+        single column, named by it): from news, one row per session that has at least one item (or per session
+        of ``sessions``, for a provider that ``reads_sessions``); from features, one row per row of ``inputs``."""
         raise NotImplementedError
 
     def params(self) -> dict[str, Any]:

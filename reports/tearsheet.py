@@ -1,5 +1,6 @@
 """The HTML tear sheet of a finished run folder: QuantStats' report against buy-and-hold, plus a
-"Risk and model" section (tail risk, drawdowns, signals, forecasts, regimes, topics, information coefficients).
+"Risk and model" section (tail risk, drawdowns, signals, forecasts, regimes, topics, information coefficients,
+the event study, and the decisions: why each trade happened).
 
 Reads only the run folder's files (see ``write_tearsheet``); every piece of text from data is HTML-escaped.
 """
@@ -20,6 +21,8 @@ import yaml
 from engine.errors import DataError
 from reports import _plots
 from reports._html import NO_FAVICON, _date, _integer, _number, _number_cell, _percent, _table, _write_text_atomic
+from reports.decisions import decisions_section
+from reports.event_study import event_study_section
 from reports.metrics import drawdown_periods, forecast_metrics, information_coefficients, performance_metrics, signal_columns
 
 logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
@@ -338,6 +341,8 @@ def _risk_and_model_section(run_dir: Path, returns: pd.Series, benchmark: pd.Ser
     parts.append(_topic_section(signals, topics))
     if signals is not None:
         parts.append(_ic_section(signals))
+    parts.append(event_study_section(run_dir))  # returns around each event type (reports/event_study.py)
+    parts.append(decisions_section(run_dir))  # why each trade happened (reports/decisions.py)
     parts.append("</div>")
     return "\n".join(p for p in parts if p)
 
@@ -441,8 +446,8 @@ def write_tearsheet(run_dir: Path, title: str | None = None) -> Path:
 
     The QuantStats tear sheet of the strategy against buy-and-hold (skipped with a note when the run is too
     short or QuantStats fails), followed by a "Risk and model" section built from the optional files found
-    in the folder: signals.parquet, predictions.csv, regime_map.csv, topics.csv. ``title`` defaults to
-    "<strategy.name> on <data.name>" from config.yaml.
+    in the folder: signals.parquet, predictions.csv, regime_map.csv, topics.csv, event_study.csv, decisions.csv.
+    ``title`` defaults to "<strategy.name> on <data.name>" from config.yaml.
 
     >>> write_tearsheet(Path("runs/20250101-120000-sentiment-djia"))
     """

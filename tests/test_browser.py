@@ -237,7 +237,7 @@ def dotted(metrics: dict, prefix: str = "") -> dict:
 @pytest.mark.parametrize("name", list(RUNS))
 def test_report_in_a_browser(browser, site, name):
     page = open_page(browser, site["runs"][name] / "report.html")
-    assert_clean(page, images=3)  # signal, regime and topic charts (QuantStats' charts are inline SVG)
+    assert_clean(page, images=4)  # signal, regime, topic and event study charts (QuantStats' are inline SVG)
     metrics = site["metrics"][name]
     cells = {c["metric"]: c for c in keyed_cells(browser)}
     for key in ("sharpe", "cagr", "total_return", "max_drawdown", "var_95", "trades", "benchmark_sharpe",

@@ -116,7 +116,7 @@ def overrides(folder: Path, *extra: str) -> list[str]:
             f"data.news.path={folder}/news.csv", "data.news.columns.ticker=null", "signals/sentiment=lexicon",
             f"paths.roots=[{folder}/roots]", f"paths.cache={folder}/cache", "report.enabled=false",
             f"walk_forward.train_sessions={TRAIN}", f"walk_forward.step_sessions={STEP}",
-            "signals.topics.enabled=false", "signals.regimes.enabled=false",
+            "signals.topics.enabled=false", "signals.regimes.enabled=false", "signals.events.enabled=false",
             f"hydra.searchpath=[file://{folder}/conf_extra]", "+signals/toy=words", "+signals/centre=centre",
             "strategy=regression", "strategy.features=[toy_centred,toy_words]", "strategy.min_train_rows=10",
             *extra]
