@@ -1,7 +1,7 @@
 """Sweep throughput: runs per second of one 40-run grid on djia with 1 worker, 2 workers and Ray (local),
 measured side by side in one run. Target: 2 workers >= 1.7x one worker.
 
-    .venv/bin/python bench/grid.py [--sentiment lexicon] [--reports]
+    .venv/bin/python bench/grid.py [--sentiment lexicon] [--reports] [--engine vectorized] [--run-files light] [--no-ray]
 
 Each timing is the whole `python -m engine.run -m ...` command (start-up, the sweep, its DuckDB writes and
 summary page) into a fresh sweep folder; the signal cache is warmed first, so every mode reads it alike.
@@ -36,16 +36,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentiment", default="lexicon", help="signals/sentiment for the grid: lexicon or transformer")
     parser.add_argument("--reports", action="store_true", help="write each run's tear sheet too")
+    parser.add_argument("--engine", default="backtrader", help="engine of the runs: backtrader or vectorized")
+    parser.add_argument("--run-files", default="all", help="hydra.launcher.run_files: all or light")
+    parser.add_argument("--no-ray", action="store_true", help="leave out the Ray mode")
     args = parser.parse_args()
-    base = ["data=djia", f"signals/sentiment={args.sentiment}", f"report.enabled={str(args.reports).lower()}"]
+    base = ["data=djia", f"signals/sentiment={args.sentiment}", f"report.enabled={str(args.reports).lower()}",
+            f"engine={args.engine}"]
+    modes = {mode: [*extra, f"hydra.launcher.run_files={args.run_files}"] for mode, extra in MODES.items()
+             if not (args.no_ray and mode.startswith("ray"))}
     with tempfile.TemporaryDirectory(prefix="newsbt-bench-") as scratch:
         warm = subprocess.run([sys.executable, "-m", "engine.run", *base, f"paths.runs={scratch}/warm"], cwd=ROOT,
                               capture_output=True, text=True)
         if warm.returncode != 0:
             sys.exit(f"warm-up run failed:\n{warm.stderr[-2000:]}")
-        timings = {mode: sweep(Path(scratch) / f"sweep{number}", base, extra) for number, (mode, extra) in enumerate(MODES.items())}
+        timings = {mode: sweep(Path(scratch) / f"sweep{number}", base, extra) for number, (mode, extra) in enumerate(modes.items())}
     one = timings["1 worker"]
-    print(f"40-run grid on djia ({args.sentiment} sentiment, reports {'on' if args.reports else 'off'}), {os.cpu_count()} cores")
+    print(f"40-run grid on djia ({args.sentiment} sentiment, engine {args.engine}, run files {args.run_files}, "
+          f"reports {'on' if args.reports else 'off'}), {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     for mode, seconds in timings.items():
         print(f"  {mode:14s} {40 / seconds:6.2f} runs/s  ({seconds:6.1f} s)  speed-up {one / seconds:4.2f}x")
     ratio = one / timings["2 workers"]

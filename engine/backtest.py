@@ -10,13 +10,19 @@ One session t, in this order:
    w = 0; otherwise that stop-out is forgotten. The target size is ``w * s * V / (open * (1 + cost_rate))``
    with ``cost_rate = (1 + slippage) * (1 + commission) * (1 + 1e-9) - 1``, rounded toward zero to 1e-6 units
    (whole units when ``broker.fractional`` is false). No order when the change is zero, or when the position
-   keeps its sign and ``|change| * open < rebalance_band * V``.
+   keeps its sign and ``|change| * open < rebalance_band * V``. A reversal (the target has the other sign of a
+   position) is two orders: one closing the position (a sell or buy of exactly ``|current|``), then one opening
+   the new side (the target), both in the ticker's place among the sells (long to short) or the buys (short to
+   long). One order would execute ``closed + opened`` units, which in floats can fall short of its size: the
+   order would stay open with the remnant, reported only when that fills the next session.
 2. At the open the rebalances fill: all sells, then all buys, each in ticker order. A sell fills at
    ``max(open * (1 - slippage), low)``, a buy at ``min(open * (1 + slippage), high)``; every fill pays
    ``commission * |size| * price``. Buys never fail for want of cash: they may spend the cash at t-1's close
    plus the sells' proceeds net of commission, less ``1e-9 * V``; when they would cost more (``size * price
-   * (1 + commission)`` summed), every buy is scaled by that cash over that cost (0 if the cash is negative)
-   and rounded toward zero as above.
+   * (1 + commission)`` summed, first over the reversals' closing buys, then over the other buys), the closing
+   buys are kept whole (a short is covered in full) and every other buy, a reversal's opening one included, is
+   scaled by the cash left after the closing buys over the other buys' cost (0 if that cash is negative) and
+   rounded toward zero as above; a buy scaled to 0 is dropped.
 3. Then, during the session, the stop-losses (``risk.stop_loss``). Every position open after the open's fills
    has a stop for its whole size at ``entry * (1 - stop_loss)`` (long) or ``entry * (1 + stop_loss)``
    (short). ``entry`` is the position's average fill price (backtrader's ``Position.price``; slippage in,
@@ -241,29 +247,39 @@ class TargetWeightStrategy(bt.Strategy):
             keeps_sign = (target > 0) == (current > 0) and (target < 0) == (current < 0)
             if change == 0 or (keeps_sign and abs(change) * price < band):
                 continue
-            (sells if change < 0 else buys).append((ticker, change))
+            orders = sells if change < 0 else buys
+            if current and target and not keeps_sign:
+                # A reversal: two orders, each executed exactly. One order would execute closed + opened units,
+                # which in floats can fall short of its size, leaving it open with the remnant (module docstring).
+                orders.append((ticker, -current, True))
+                orders.append((ticker, target, False))
+            else:
+                orders.append((ticker, change, False))
         if buys:
             buys = self._fit_to_cash(sells, buys, value, row)
-        for ticker, change in sells:
+        for ticker, change, _ in sells:
             self.sell(data=self.datas[ticker], size=-change)
-        for ticker, change in buys:
+        for ticker, change, _ in buys:
             self.buy(data=self.datas[ticker], size=change)
 
     def _fit_to_cash(self, sells: list, buys: list, value: float, row: int) -> list:
-        """The buys, scaled alike when they would cost more than the cash they may spend (step 2)."""
+        """The buys, the others scaled alike when all would cost more than the cash they may spend; a reversal's
+        closing buy is never scaled (step 2). Orders are (ticker, change, closes a reversal's position)."""
         commission = self.p.commission_rate
         opens, highs, lows = self.p.panel.open[row], self.p.panel.high[row], self.p.panel.low[row]
         cash = self.broker.getcash()
-        for ticker, change in sells:
+        for ticker, change, _ in sells:
             cash -= change * self._fill_price(opens[ticker], lows[ticker], buy=False) * (1 - commission)
-        cost = sum(change * self._fill_price(opens[ticker], highs[ticker], buy=True) * (1 + commission)
-                   for ticker, change in buys)
+        costs = [change * self._fill_price(opens[ticker], highs[ticker], buy=True) * (1 + commission)
+                 for ticker, change, _ in buys]
+        closing = sum(cost for cost, (_, _, closes) in zip(costs, buys) if closes)
+        cost = sum(cost for cost, (_, _, closes) in zip(costs, buys) if not closes)
         budget = cash - CASH_HEADROOM * value
-        if cost <= budget:
+        if closing + cost <= budget or not cost:
             return buys
-        factor = max(budget, 0.0) / cost
-        scaled = [(ticker, self._round(change * factor)) for ticker, change in buys]
-        return [(ticker, change) for ticker, change in scaled if change > 0]
+        factor = max(budget - closing, 0.0) / cost
+        scaled = [(ticker, change if closes else self._round(change * factor), closes) for ticker, change, closes in buys]
+        return [order for order in scaled if order[1] > 0]
 
     def _addnotification(self, order, quicknotify=False):
         # backtrader's Strategy also books every execution into its own Trade objects here (copying them as

@@ -272,6 +272,11 @@ class Launcher(_Section):
     ray_address: str | None
     metric: str
     heatmap: list[str] | None
+    # Re-run the best k runs by ``metric`` with engine=backtrader after an engine=vectorized sweep (null: none).
+    # Optional here so that a launcher config written before it still validates.
+    screen_top_k: PositiveInt | None = None
+    # The files of each run (engine.run.run's ``files``): all, or light (same metrics, no detail files).
+    run_files: Literal["all", "light"] = "all"
 
 
 NEWSBT_LAUNCHER = "hydra_plugins.newsbt_launcher.launcher.NewsbtLauncher"

@@ -244,15 +244,16 @@ def execute_prepare(job: dict) -> dict:
     return {"cache": dict(Counter(CACHE_STATS) - before), "error": error}
 
 
-def execute_run(job: dict, run_dir: str) -> dict:
-    """Run one backtest (in a worker); never raises: returns status, error, metrics and cache counts."""
+def execute_run(job: dict, run_dir: str, files: str = "all") -> dict:
+    """Run one backtest (in a worker) writing ``files`` (engine.run.run); never raises: returns status, error,
+    metrics and cache counts."""
     from engine.cache import CACHE_STATS
     from engine.run import run
 
     before = Counter(CACHE_STATS)
     started = time.perf_counter()
     try:
-        metrics, status, error = run(OmegaConf.create(job), Path(run_dir)), "ok", None
+        metrics, status, error = run(OmegaConf.create(job), Path(run_dir), files), "ok", None
     except NewsbtError as failure:
         metrics, status, error = {}, "error", str(failure)
     except Exception as failure:  # noqa: BLE001 - one broken run must not stop the sweep
@@ -403,7 +404,7 @@ def _ray_call(function: Callable, threads: int, *args):
 
 CORE_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "status": "VARCHAR", "error": "VARCHAR", "overrides": "VARCHAR",
                 "run_dir": "VARCHAR", "elapsed_seconds": "DOUBLE", "finished_at": "TIMESTAMP", "cache": "VARCHAR",
-                "fingerprint": "VARCHAR", "inputs": "VARCHAR"}
+                "fingerprint": "VARCHAR", "inputs": "VARCHAR", "engine": "VARCHAR", "screen_of": "VARCHAR"}
 
 
 class ResultsStore:
@@ -433,8 +434,10 @@ class ResultsStore:
         return dict(self.connection.execute(query).fetchall())
 
     def write(self, run_id: str, params: dict[str, str], overrides: str, run_dir: str, outcome: dict,
-              fingerprint: str, inputs: dict) -> None:
+              fingerprint: str, inputs: dict, engine: str | None = None, screen_of: str | None = None) -> None:
+        """Store one run's row (``screen_of``: for a backtrader re-run of a screened run, that run's id)."""
         row: dict[str, Any] = {"run_id": run_id, "status": outcome["status"], "error": outcome["error"],
+                               "engine": engine, "screen_of": screen_of,
                                "overrides": overrides, "run_dir": run_dir, "elapsed_seconds": outcome["elapsed_seconds"],
                                "finished_at": pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime(),
                                "cache": json.dumps(outcome["cache"], sort_keys=True), "fingerprint": fingerprint,
@@ -485,17 +488,20 @@ def _params(overrides: Sequence[str]) -> dict[str, str]:
 
 def launch_sweep(hydra_context, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
                  backend: str, workers: int | None, ray_address: str | None, metric: str,
-                 heatmap: Sequence[str] | None) -> list[JobReturn]:
-    """Run a Hydra multirun sweep (called by the ``newsbt`` launcher); see the module docstring."""
+                 heatmap: Sequence[str] | None, screen_top_k: int | None = None, run_files: str = "all") -> list[JobReturn]:
+    """Run a Hydra multirun sweep (called by the ``newsbt`` launcher); see the module docstring. ``screen_top_k``:
+    re-run the best k engine=vectorized runs by ``metric`` with engine=backtrader (``screen_again``); ``run_files``:
+    the files of each run of the sweep (engine.run.run's ``files``; the re-runs write all of theirs)."""
     try:
         return _launch(hydra_context, config, job_overrides, initial_job_idx, backend, workers, ray_address,
-                       metric, heatmap)
+                       metric, heatmap, screen_top_k, run_files)
     except NewsbtError as error:
         print(f"newsbt: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, workers, ray_address, metric, heatmap):
+def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, workers, ray_address, metric, heatmap,
+            screen_top_k, run_files):
     if backend not in ("local", "ray"):
         raise ConfigError(f"hydra.launcher.backend: must be 'local' or 'ray', got {backend!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -508,14 +514,14 @@ def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, work
     try:
         with executor:
             return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric,
-                              heatmap, sweep_dir, store, executor)
+                              heatmap, sweep_dir, store, executor, screen_top_k, run_files)
     finally:
         if backend == "ray":
             shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
 
 
 def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric, heatmap, sweep_dir,
-               store, executor):
+               store, executor, screen_top_k=None, run_files="all"):
     jobs = []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
@@ -559,12 +565,12 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
     # 2. The runs, each stored as soon as it ends.
     failed = 0
     try:
-        for index, outcome in executor.map(execute_run, [(job["job"], job["run_dir"]) for job in pending]):
+        for index, outcome in executor.map(execute_run, [(job["job"], job["run_dir"], run_files) for job in pending]):
             job = pending[index]
             overrides = " ".join(filter_overrides(job["overrides"]))
             cache_counts.update(outcome["cache"])
             store.write(job["run_id"], job["params"], overrides, job["run_dir"], outcome, job["fingerprint"],
-                        job["inputs"])
+                        job["inputs"], engine=job["job"].get("engine"))
             failed += outcome["status"] != "ok"
             state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
             print(f"  run {job['number']} [{job['run_id']}] {overrides}: {state}", flush=True)
@@ -577,10 +583,16 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
     if failed:
         print(f"{failed} of {len(pending)} runs failed; their errors are in {store.path} and the summary", flush=True)
 
+    rechecks = screen_again(list(runs.values()), store, executor, metric, screen_top_k, sweep_dir, cache_counts) \
+        if screen_top_k else {}
     results = store.frame(list(runs))
+    agreement = engine_agreement(results, store.frame(list(rechecks)), metric) if rechecks else None
+    if agreement is not None:
+        print(f"screen: max |Δ {metric}| between the engines {agreement[f'abs_diff_{metric}'].max():.3g}, "
+              f"max |Δ final_value| {agreement['abs_diff_final_value'].max():.3g}", flush=True)
     store.close()
     summary = write_summary(sweep_dir, results, sorted({k for job in jobs for k in job["params"]}), metric, heatmap,
-                            dict(cache_counts))
+                            dict(cache_counts), agreement)
     print(f"cache: {', '.join(f'{k} {v}' for k, v in sorted(cache_counts.items())) or 'nothing computed'}")
     print(f"results: {sweep_dir / RESULTS_FILE}\nsummary: {summary}")
     return [JobReturn(overrides=job["overrides"], cfg=job["config"], hydra_cfg=config, working_dir=job["run_dir"],
@@ -588,6 +600,68 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
                       _return_value=results.set_index("run_id").loc[job["run_id"]].to_dict()
                       if job["run_id"] in set(results["run_id"]) else None)
             for job in jobs]
+
+
+def screen_again(runs: list[dict], store: ResultsStore, executor, metric: str, top_k: int, sweep_dir: Path,
+                 cache_counts: Counter) -> dict[str, str]:
+    """Re-run with engine=backtrader the ``top_k`` best successful engine=vectorized ``runs`` by ``metric`` (the
+    screen), each stored as its own row: its run id is that of its config (engine included), ``screen_of`` the
+    screened run's. A re-run already stored with the same inputs is not run again. Returns re-run id -> screened id.
+
+    >>> screen_again(runs, store, executor, "sharpe", 5, sweep_dir, Counter())  # {"<backtrader id>": "<id>", ...}
+    """
+    from reports.sweep import LOWER_IS_BETTER
+
+    screened = [run for run in runs if run["job"].get("engine") == "vectorized"]
+    results = store.frame([run["run_id"] for run in screened])
+    ok = results[(results["status"] == "ok") & results[metric].notna()] if metric in results else results.iloc[:0]
+    best = ok.sort_values(metric, ascending=metric in LOWER_IS_BETTER, kind="stable")["run_id"].head(top_k)
+    by_id = {run["run_id"]: run for run in screened}
+    rechecks = []
+    for run_id in best:
+        run = by_id[run_id]
+        job = json.loads(json.dumps(run["job"]))
+        job["engine"] = "backtrader"
+        recheck_id = config_hash(job)
+        overrides = [override for override in run["overrides"] if override.partition("=")[0].lstrip("+~") != "engine"]
+        params = {key: value for key, value in run["params"].items() if key != "engine"}
+        rechecks.append({**run, "job": job, "run_id": recheck_id, "run_dir": str(sweep_dir / "runs" / recheck_id),
+                         "screen_of": run_id, "overrides": [*overrides, "engine=backtrader"],
+                         "params": {**params, "engine": "backtrader"} if "engine" in run["params"] else params})
+    stored = store.done_fingerprints()
+    pending = [run for run in rechecks if stored.get(run["run_id"], "") != run["fingerprint"]]
+    print(f"screen: the best {len(rechecks)} of {len(ok)} engine=vectorized runs by {metric} again with "
+          f"engine=backtrader ({len(rechecks) - len(pending)} already done)", flush=True)
+    for index, outcome in executor.map(execute_run, [(run["job"], run["run_dir"]) for run in pending]):
+        run = pending[index]
+        cache_counts.update(outcome["cache"])
+        overrides = " ".join(filter_overrides(run["overrides"]))
+        store.write(run["run_id"], run["params"], overrides, run["run_dir"], outcome, run["fingerprint"],
+                    run["inputs"], engine="backtrader", screen_of=run["screen_of"])
+        state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
+        print(f"  re-run of [{run['screen_of']}] [{run['run_id']}] {overrides}: {state}", flush=True)
+    return {run["run_id"]: run["screen_of"] for run in rechecks}
+
+
+def engine_agreement(results: pd.DataFrame, rechecks: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per backtrader re-run: the screened run's id, the re-run's, ``metric`` and ``final_value`` by
+    each engine and the absolute differences (NaN where either run failed).
+
+    >>> engine_agreement(results, store.frame(rechecks), "sharpe")["abs_diff_sharpe"].max()
+    """
+    columns = list(dict.fromkeys([metric, "final_value"]))
+    screened = results.set_index("run_id")
+    rows = []
+    for _, recheck in rechecks.iterrows():
+        row = {"run_id": recheck["screen_of"], "backtrader_run_id": recheck["run_id"], "status": recheck["status"]}
+        for column in columns:
+            vectorized = pd.to_numeric(screened.at[recheck["screen_of"], column], errors="coerce") \
+                if column in screened and recheck["screen_of"] in screened.index else np.nan
+            backtrader = pd.to_numeric(recheck.get(column), errors="coerce")
+            row[f"{column}_vectorized"], row[f"{column}_backtrader"] = vectorized, backtrader
+            row[f"abs_diff_{column}"] = abs(backtrader - vectorized)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _fingerprint(runs: list[dict], executor) -> None:
@@ -606,8 +680,9 @@ def _fingerprint(runs: list[dict], executor) -> None:
 
 
 def write_summary(sweep_dir: Path, results: pd.DataFrame, params: list[str], metric: str,
-                  heatmap: Sequence[str] | None, cache_counts: dict) -> Path:
-    """The sweep's HTML summary (reports.sweep), with the best run's return moments for the deflated Sharpe."""
+                  heatmap: Sequence[str] | None, cache_counts: dict, agreement: pd.DataFrame | None = None) -> Path:
+    """The sweep's HTML summary (reports.sweep), with the best run's return moments for the deflated Sharpe and
+    the screen's ``engine_agreement`` (when the sweep re-ran its best runs with backtrader)."""
     from reports.sweep import write_sweep_summary
 
     skew = kurtosis = None
@@ -620,4 +695,5 @@ def write_summary(sweep_dir: Path, results: pd.DataFrame, params: list[str], met
             skew, kurtosis = float(returns.skew()), float(returns.kurt() + 3)
     return write_sweep_summary(results, params, sweep_dir / SUMMARY_FILE, metric=metric,
                                heatmap=tuple(heatmap) if heatmap else None, best_skew=skew, best_kurtosis=kurtosis,
-                               cache_stats=cache_counts, title=f"newsbt sweep: {sweep_dir.name}")
+                               cache_stats=cache_counts, title=f"newsbt sweep: {sweep_dir.name}", agreement=agreement,
+                               agreement_metric=metric)

@@ -69,9 +69,8 @@ def run_vectorized(bars: pd.DataFrame, broker: dict, risk: dict | None = None) -
                 # An order where the change is not zero, unless inside the band with the position keeping its sign.
                 inside_band = (np.abs(change) * opens[row] < band_rate * value) & (target * size > 0)
                 order = active & (change != 0.0) & ~inside_band
-                account.fill_open_orders(row)
                 if order.any():
-                    account.rebalance(row, change, order, value)
+                    account.rebalance(row, target, change, order, value)
                 if stop_loss:
                     stops = account.stop_out(row)
                     if stops is not None:
@@ -156,90 +155,89 @@ class _Market:
 
 class _Account:
     """Cash, positions (size and average price) and the executions of one backtest, changed as backtrader's
-    ``BackBroker`` changes them for stock-like instruments (no leverage, short sales credit the cash).
-
-    One backtrader quirk is kept on purpose, so that both engines agree: a reversal executes ``closed + opened``
-    units, which in floats can differ from the order's size by ~1e-14. The order then stays open (Partial) with
-    that remnant, which fills first thing at the next session's open (or the last bar's, when the ticker has no
-    bar), and only then is the order reported: one fill of the whole size at the average price, dated at the
-    remnant's bar. Its round trips see only the remnant (backtrader's engine books a completed notice's new part).
+    ``BackBroker`` changes them for stock-like instruments (no leverage, short sales credit the cash). Every
+    order executes whole at once: a reversal is two orders (engine/backtest.py, step 1), so no order both closes
+    and opens a position.
     """
 
     def __init__(self, terms: Terms, market: _Market, count: int):
         self.terms = terms
         self.market = market
-        self.cash = self.cash_before_open = terms.cash
+        self.cash = terms.cash
         self.size = np.zeros(count)
         self.price = np.zeros(count)
         self.traded = np.zeros(count, dtype=bool)  # ever executed (else backtrader's size stays the integer 0)
         self.rejected = 0
         self.orders = 0
-        # Orders left open with a remnant, in backtrader's pending order: (ticker, remnant, buys, executed size,
-        # executed average price, executed commission).
-        self.open_orders: list[tuple] = []
         self._records: list[tuple] = []
         self._value_steps = np.empty((count, 2))
 
-    def fill_open_orders(self, row: int) -> None:
-        """Fill the remnants left open by the last session, ahead of this session's orders (backtrader's
-        pending queue)."""
-        self.cash_before_open = self.cash
-        if not self.open_orders:
-            return
-        orders, self.open_orders = self.open_orders, []
-        market = self.market
-        tickers, remnants, buys, done_sizes, done_prices, done_commissions = (np.array(part) for part in zip(*orders))
-        bar_rows = market.last_bar_rows[row, tickers]  # backtrader reads the feed's current (maybe last) bar
-        prices = np.where(buys, market.buy_prices[bar_rows, tickers], market.sell_prices[bar_rows, tickers])
-        # Only rebalances leave remnants: a stop closes the whole position, which executes exactly.
-        self.execute(row, tickers, remnants, prices, _REBALANCE, prior=(buys, done_sizes, done_prices, done_commissions))
-
-    def rebalance(self, row: int, change: np.ndarray, order: np.ndarray, value: float) -> None:
+    def rebalance(self, row: int, target: np.ndarray, change: np.ndarray, order: np.ndarray, value: float) -> None:
         """Fill the session's rebalances at the open: the sells, then the buys fitted to the cash (engine/backtest.py,
-        step 2), each in ticker order."""
+        step 2), each in ticker order, a reversal as two orders (close, then open)."""
         market = self.market
-        sells = (order & (change < 0)).nonzero()[0]
-        buys = (order & (change > 0)).nonzero()[0]
-        sell_sizes, buy_sizes = change[sells], change[buys]
+        reverses = order & (target * self.size < 0)
+        sells, sell_sizes, _ = self._orders(order & (change < 0), reverses, target, change)
+        buys, buy_sizes, closing = self._orders(order & (change > 0), reverses, target, change)
         sell_prices, buy_prices = market.sell_prices[row, sells], market.buy_prices[row, buys]
         if buys.size:
             # The cash the buys may spend, and their cost, with TargetWeightStrategy._fit_to_cash's sums.
             commission = self.terms.commission_rate
-            cash = self.cash_before_open
+            cash = self.cash
             if sells.size:
                 running = np.empty(1 + sells.size)
                 running[0] = cash
                 np.negative(sell_sizes * sell_prices * (1 - commission), out=running[1:])
                 cash = float(running.cumsum()[-1])
-            cost = sum((buy_sizes * buy_prices * (1 + commission)).tolist())  # Python's sum, as backtrader's engine
+            costs = buy_sizes * buy_prices * (1 + commission)
+            # Python's sums, as backtrader's engine: 0 (an int) when there is nothing to add
+            closing_cost, cost = sum(costs[closing].tolist()), sum(costs[~closing].tolist())
             budget = cash - CASH_HEADROOM * value
-            if cost > budget:
-                scaled = buy_sizes * (max(budget, 0.0) / cost)
+            if closing_cost + cost > budget and cost:
+                scaled = buy_sizes * (max(budget - closing_cost, 0.0) / cost)
                 scaled = np.trunc(scaled * 1e6) / 1e6 if self.terms.fractional else np.trunc(scaled)
+                scaled = np.where(closing, buy_sizes, scaled)  # a reversal's closing buy stays whole
                 keep = scaled > 0
-                buys, buy_sizes, buy_prices = buys[keep], scaled[keep], buy_prices[keep]
+                buys, buy_sizes, buy_prices, closing = buys[keep], scaled[keep], buy_prices[keep], closing[keep]
         self.execute(row, np.concatenate((sells, buys)), np.concatenate((sell_sizes, buy_sizes)),
                      np.concatenate((sell_prices, buy_prices)), _REBALANCE)
 
-    def execute(self, row: int, tickers: np.ndarray, sizes: np.ndarray, prices: np.ndarray, kind: int,
-                prior: tuple | None = None) -> None:
-        """Fill one order per ticker, in the given order, each at its price (``BackBroker._execute``).
-        ``prior``: for orders left open, (buys, executed size, average price, commission) so far."""
+    def _orders(self, side: np.ndarray, reverses: np.ndarray, target: np.ndarray, change: np.ndarray) -> tuple:
+        """The orders of one side (sells or buys) in ticker order: (tickers, sizes, closes a reversal's position),
+        each reversal as its closing order (``-size``) followed by its opening one (``target``)."""
+        tickers = side.nonzero()[0]
+        split = reverses[tickers]
+        if not split.any():
+            return tickers, change[tickers], np.zeros(tickers.size, dtype=bool)
+        counts = 1 + split
+        first = np.cumsum(counts) - counts  # each ticker's first order
+        tickers = np.repeat(tickers, counts)
+        sizes = change[tickers]
+        closing = np.zeros(tickers.size, dtype=bool)
+        closing[first[split]] = True
+        sizes[first[split]] = -self.size[tickers[first[split]]]
+        sizes[first[split] + 1] = target[tickers[first[split] + 1]]
+        return tickers, sizes, closing
+
+    def execute(self, row: int, tickers: np.ndarray, sizes: np.ndarray, prices: np.ndarray, kind: int) -> None:
+        """Fill one order per entry, in the given order, each at its price (``BackBroker._execute``). A ticker
+        comes twice only for a reversal: its closing order (to flat), then its opening one (from flat)."""
         count = tickers.size
         if not count:
             return
-        if prior is None:
-            self.orders += count
+        self.orders += count
         old_size, old_price = self.size[tickers], self.price[tickers]
+        again = np.zeros(count, dtype=bool)
+        again[1:] = tickers[1:] == tickers[:-1]  # a reversal's opening order: after its closing one, from flat
+        if again.any():
+            old_size[again], old_price[again] = 0.0, 0.0
         commission = self.terms.commission_rate
-        # Position.pseudoupdate: the part of each order that closes the position, and the part that opens it.
-        new_size = old_size + sizes
+        # Position.pseudoupdate: an order closes (shrinks) the position or opens (grows) it, never both here.
         old_sign = np.sign(old_size)
-        direction = old_sign * np.sign(sizes)  # > 0: grows, 0: opens, < 0: shrinks, closes or reverses
-        same = direction >= 0  # closes nothing
-        reverses = ~same & (np.sign(new_size) == -old_sign)
-        closed = np.where(same, 0.0, np.where(reverses, -old_size, sizes))
-        opened = np.where(same, sizes, np.where(reverses, new_size, 0.0))
+        direction = old_sign * np.sign(sizes)  # > 0: grows, 0: opens, < 0: shrinks or closes
+        same = direction >= 0
+        closed = np.where(same, 0.0, sizes)
+        opened = np.where(same, sizes, 0.0)
         # The cash, step by step as _execute changes it: + (the closed part's value at entry + its pnl),
         # - commission; - the opened part's value, - commission (a part of zero adds zero).
         running = np.empty(1 + 4 * count)
@@ -255,68 +253,39 @@ class _Account:
         running.cumsum(out=running)
         after_open = running[4::4]
         if after_open.min() < 0.0 and (after_open[opened != 0] < 0.0).any():
-            self._execute_short_of_cash(row, tickers, sizes, prices, kind, prior, running)
+            self._execute_short_of_cash(row, tickers, sizes, prices, kind, running)
             return
         self.cash = float(running[-1])
         executed = closed + opened
-        self._move(tickers, old_size, old_price, executed, prices, direction > 0)
-        reported = None  # the order's size, average price and commission, when not those of this execution alone
-        if prior is not None or reverses.any():
-            # Order.execute / OrderData.addbit: the order's executed size, average price and commission so far.
-            if prior is None:
-                total, average, paid = executed, (executed * prices) / executed, closed_commission + opened_commission
-            else:
-                _, done_size, done_price, done_commission = prior
-                total = done_size + executed
-                average = (done_size * done_price + executed * prices) / total
-                paid = done_commission + (closed_commission + opened_commission)
-            remnant = sizes - executed
-            if remnant.any():
-                self.traded[tickers] = True
-                buys = sizes > 0 if prior is None else prior[0]
-                for k in remnant.nonzero()[0]:
-                    self.open_orders.append((int(tickers[k]), float(remnant[k]), bool(buys[k]), float(total[k]),
-                                             float(average[k]), float(paid[k])))
-                done = remnant == 0
-                tickers, total, average, paid = tickers[done], total[done], average[done], paid[done]
-                executed, closed, opened, prices = executed[done], closed[done], opened[done], prices[done]
-                closed_commission, opened_commission = closed_commission[done], opened_commission[done]
-                if not tickers.size:
-                    return
-            if prior is not None:
-                reported = (total, average, paid)
+        self._move(tickers, old_size, old_price, executed, prices, direction > 0, again)
         self._records.append((row, kind, tickers, executed, closed, opened, prices, closed_commission,
-                              opened_commission, reported))
+                              opened_commission))
 
-    def _execute_short_of_cash(self, row, tickers, sizes, prices, kind, prior, running) -> None:
-        """Orders among which one's opened part would leave the cash negative: BackBroker._execute refuses that
-        part ("nullify") and reports the order as Margin (no fill; backtrader's engine counts a reject), yet the
-        order's closed part executes. Every later order's cash depends on it, so they go one by one."""
+    def _execute_short_of_cash(self, row, tickers, sizes, prices, kind, running) -> None:
+        """Orders among which one opens (or grows) a position and would leave the cash negative: BackBroker._execute
+        refuses it ("nullify") and reports it as Margin (no fill; backtrader's engine counts a reject). Every later
+        order's cash depends on that, so they go one by one."""
         if tickers.size > 1:
             for k in range(tickers.size):
-                self.execute(row, tickers[k:k + 1], sizes[k:k + 1], prices[k:k + 1], kind,
-                             None if prior is None else tuple(part[k:k + 1] for part in prior))
-            if prior is None:
-                self.orders -= tickers.size
+                self.execute(row, tickers[k:k + 1], sizes[k:k + 1], prices[k:k + 1], kind)
+            self.orders -= tickers.size
             return
-        self.rejected += 1
-        self.cash = float(running[2])  # after the closed part
-        old_size, old_price = self.size[tickers], self.price[tickers]
-        same = np.sign(old_size) * np.sign(sizes) >= 0
-        closed = np.where(same, 0.0, np.where(np.sign(old_size + sizes) == -np.sign(old_size), -old_size, sizes))
-        if closed[0] != 0:
-            self._move(tickers, old_size, old_price, closed, prices, np.zeros(1, dtype=bool))
-            self.traded[tickers] = True
+        self.rejected += 1  # nothing of it executes: it closes nothing, so the cash and the position stay
 
-    def _move(self, tickers, old_size, old_price, executed, prices, grows) -> None:
-        """Position.update with the executed size (``grows``: it adds to the position)."""
+    def _move(self, tickers, old_size, old_price, executed, prices, grows, again) -> None:
+        """Position.update with the executed size (``grows``: it adds to the position; ``again``: a ticker's second
+        order of the batch, applied after its first)."""
         new_size = old_size + executed
         old_sign, new_sign = np.sign(old_size), np.sign(new_size)
         grown = (old_price * old_size + executed * prices) / new_size
         # Closed: 0; opened from flat or reversed: the fill price; grown: the average; shrunk: unchanged.
         new_price = np.where(new_sign == 0, 0.0, np.where(grows, grown, np.where(new_sign == old_sign, old_price, prices)))
-        self.size[tickers] = new_size
-        self.price[tickers] = new_price
+        first = ~again
+        self.size[tickers[first]] = new_size[first]
+        self.price[tickers[first]] = new_price[first]
+        if again.any():
+            self.size[tickers[again]] = new_size[again]
+            self.price[tickers[again]] = new_price[again]
 
     def stop_out(self, row: int):
         """Fill the stops the session's bar reaches, in ticker order (StopLossBroker._stop_out and backtrader's
@@ -353,7 +322,7 @@ class _Account:
         self.price[tickers] = 0.0
         self.orders += tickers.size
         nothing = np.zeros(tickers.size)
-        self._records.append((row, _STOP, tickers, sizes, sizes, nothing, fill, closed_commission, nothing, None))
+        self._records.append((row, _STOP, tickers, sizes, sizes, nothing, fill, closed_commission, nothing))
         return tickers, sides
 
     def value(self, row: int) -> float:
@@ -385,11 +354,6 @@ class _Account:
         self.traded[tickers] = True
         # Order.execute: an order filled at once reports that execution (OrderData.addbit from nothing).
         sizes, prices, commissions = executed, (executed * fill_prices) / executed, closed_commissions + opened_commissions
-        ends = np.cumsum(counts)
-        for record, end in zip(self._records, ends):
-            if record[9] is not None:  # an order that filled over two sessions
-                place = slice(end - record[2].size, end)
-                sizes[place], prices[place], commissions[place] = record[9]
         dates = market.dates[market.last_bar_rows[sessions, tickers]]  # backtrader dates a fill by its feed's bar
         names = market.names[tickers]
         fills = pd.DataFrame({"date": dates, "ticker": names, "size": sizes, "price": prices,

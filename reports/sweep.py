@@ -190,6 +190,27 @@ def _numeric_frame(results: pd.DataFrame, metric: str) -> pd.DataFrame:
     return frame.sort_values("_score", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
+def _agreement_section(agreement: pd.DataFrame, metric: str) -> str:
+    """The screened runs beside their backtrader re-runs: each engine's metric and final value, and the largest
+    absolute differences (0 when the engines agree bit for bit)."""
+    columns = [metric, "final_value"] if metric != "final_value" else [metric]
+    worst = {column: agreement[f"abs_diff_{column}"].max() for column in columns}
+    lines = ", ".join(f"max |&Delta; {html.escape(column)}| = <b class=\"agreement\">{value:.3g}</b>"
+                      for column, value in worst.items())
+    failed = int((agreement["status"].astype(str) != "ok").sum())
+    note = f"<p>{len(agreement)} runs re-run; {lines}" + (f"; {failed} re-runs failed" if failed else "") + ".</p>"
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in
+                     ["run (vectorized)", "run (backtrader)", *[f"{c} {e}" for c in columns for e in ("vectorized", "backtrader")],
+                      *[f"|&Delta; {c}|" for c in columns]])
+    rows = []
+    for _, row in agreement.iterrows():
+        cells = [html.escape(str(row["run_id"])), html.escape(str(row["backtrader_run_id"]))]
+        cells += [f"{row[f'{c}_{e}']:.6g}" for c in columns for e in ("vectorized", "backtrader")]
+        cells += [f"{row[f'abs_diff_{c}']:.3g}" for c in columns]
+        rows.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
+    return note + f"<table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
 def _best_section(
     frame: pd.DataFrame,
     metric: str,
@@ -410,6 +431,8 @@ def write_sweep_summary(
     cache_stats: dict | None = None,
     title: str = "newsbt sweep",
     n_observations: int | None = None,
+    agreement: pd.DataFrame | None = None,
+    agreement_metric: str | None = None,
 ) -> Path:
     """Write the sweep's summary page to ``path`` (one self-contained HTML file, through a temporary name)
     and return ``path``.
@@ -422,6 +445,8 @@ def write_sweep_summary(
     ``best_skew`` / ``best_kurtosis`` of its daily returns (non-excess kurtosis; Gaussian when not given).
     ``heatmap`` names the two parameters of the heatmap (default: the first two that vary). ``cache_stats``
     is a dict like ``engine.cache.CACHE_STATS``. Links to run reports are relative to the page's folder.
+    ``agreement`` (``engine.grid.engine_agreement``): the screened runs re-run with backtrader, shown with the
+    largest difference of ``agreement_metric`` (default ``metric``) and final value between the two engines.
 
     >>> write_sweep_summary(results, ["strategy.threshold", "walk_forward.train_sessions"], sweep_dir / "summary.html")
     """
@@ -443,6 +468,9 @@ def write_sweep_summary(
         '<p class="note">Click a column header to sort by it; click again to reverse.</p>',
         _runs_table(frame, params, metric, page_folder, best),
     ]
+    if agreement is not None:
+        body[2:2] = ["<h2>Screen: vectorised runs re-run with backtrader</h2>",
+                     _agreement_section(agreement, agreement_metric or metric)]
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_text_atomic(_document(title, body, (SORT_SCRIPT,)), path)
     return path

@@ -201,3 +201,34 @@ def test_a_reversal_closes_one_round_trip_and_opens_the_next():
     assert trades["pnl"].tolist() == pytest.approx([long_size * (101 - 102), short_size * (101 - 104)])
     assert trades["commission"].tolist() == pytest.approx(
         [long_size * (102 + 101) * commission, short_size * (101 + 104) * commission])
+
+
+def test_a_reversal_short_of_cash_covers_whole_and_scales_only_the_new_side():
+    # Short 0.5 at the 7 Jan open (100), all in long at the 8th's (150), held after. 10 bps commission, no band.
+    # The reversal is two orders: the cover of the whole short (never scaled), then the long buy, scaled to the
+    # cash the cover leaves. Both fill on the 8th, and the short's round trip closes there.
+    opens, closes = [100, 100, 150, 150, 150, 150], [100, 100, 150, 150, 150, 150]
+    weights = [0, -0.5, 1, float("nan"), float("nan"), float("nan")]
+    result = run_backtest(bars(weights, opens, closes), {"cash": 10_000, "commission_bps": 10})
+    commission = 10 / 1e4
+    short = trunc6(0.5 * 10_000 / (100 * (1 + commission) * (1 + 1e-9)))  # 49.950049
+    cash = 10_000 + short * 100 * (1 - commission)
+    value_7 = cash - short * 100  # 7 Jan close
+    cover_cost = short * 150 * (1 + commission)
+    wanted = trunc6(value_7 / (150 * (1 + commission) * (1 + 1e-9)))
+    budget = cash - 1e-9 * value_7 - cover_cost
+    assert wanted * 150 * (1 + commission) > budget + 2_000  # the long buy binds, by far
+    bought = trunc6(budget / (150 * (1 + commission)))
+    assert result.rejected_orders == 0 and result.orders == 3
+    assert list(result.fills["date"]) == ["2020-01-07", "2020-01-08", "2020-01-08"]
+    assert result.fills["size"].tolist() == pytest.approx([-short, short, bought], abs=1e-6)
+    assert result.fills["size"].iloc[1] == short  # exactly the short: it closes the position
+    assert result.fills["price"].tolist() == [100, 150, 150]
+    trades = result.trades
+    assert trades[["opened", "closed", "bars"]].values.tolist() == [["2020-01-07", "2020-01-08", 1]]
+    assert trades["pnl"].tolist() == pytest.approx([-short * 50])
+    assert trades["commission"].tolist() == pytest.approx([short * (100 + 150) * commission])
+    final_cash = cash - cover_cost - bought * 150 * (1 + commission)
+    assert result.book["cash"].iloc[-1] == pytest.approx(final_cash, abs=1e-6)
+    assert 0 <= result.book["cash"].iloc[-1] < 1  # everything left after the cover went into the long
+    assert result.book["position_X"].tolist() == pytest.approx([0, -short, bought, bought, bought, bought])

@@ -177,7 +177,7 @@ def test_fingerprint_follows_the_sentiment_word_lists(tmp_path):
     # The sentiment provider's identity: the SHA-256 of its sorted words, worked out here; one entry per slot.
     assert first["sentiment"] == {"provider": "lexicon",
                                   "wordlists_sha256": hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS").hexdigest()}
-    assert set(first) == {"sentiment", "topics", "regimes"}
+    assert set(first) == {"sentiment", "topics", "regimes", "events"}
     (lists / "LoughranMcDonald_Negative.csv").write_text("LOSS,2009\nWEAK,2009\n", encoding="ascii")
     second = grid.execute_fingerprint(job)
     assert second["sentiment"]["wordlists_sha256"] == hashlib.sha256(b"GAIN\nPROFIT\n|\nLOSS\nWEAK").hexdigest()
@@ -251,3 +251,34 @@ def test_ray_short_link_leaves_an_existing_path_alone(private_ray):
     assert private_ray["ray_sessions_in_sweep"] >= 1  # ...and landed there
     assert private_ray["link_folder_mode"] == 0o700  # the link sits in a private folder of its own
     assert not private_ray["link_folder_left"]  # which is gone afterwards
+
+
+def test_a_vectorised_screen_re_runs_its_best_runs_with_backtrader(tmp_path):
+    write_dataset(tmp_path)
+    screen = ["engine=vectorized", "hydra.launcher.workers=1", "hydra.launcher.screen_top_k=2",
+              "hydra.launcher.run_files=light"]
+    output = sweep(tmp_path, tmp_path / "s", *GRID, *screen)
+    frame = results(tmp_path / "s")
+    screened = frame[frame["screen_of"].isna()]
+    rechecks = frame[frame["screen_of"].notna()].set_index("screen_of")
+    assert len(screened) == 4 and (screened["engine"] == "vectorized").all()
+    assert len(rechecks) == 2 and (rechecks["engine"] == "backtrader").all() and (rechecks["status"] == "ok").all()
+    # The re-runs are the two best screened runs by sharpe (ties: any two of the best), under their own ids.
+    best = screened.sort_values("sharpe", ascending=False)
+    assert sorted(rechecks["sharpe"]) == sorted(best["sharpe"].head(2))
+    assert set(rechecks.index) <= set(best[best["sharpe"] >= best["sharpe"].iloc[1]]["run_id"])
+    assert not set(rechecks["run_id"]) & set(screened["run_id"])
+    # Both engines give the same numbers, run by run, and the summary says so.
+    pairs = screened.set_index("run_id").loc[rechecks.index]
+    for column in ("sharpe", "final_value", "trades"):
+        assert rechecks[column].tolist() == pairs[column].tolist()
+    assert (rechecks["overrides"].str.endswith("engine=backtrader")).all()
+    # The screen wrote light run folders (the same metrics), the re-runs every file.
+    light, full = (set(path.name for path in Path(folder).iterdir()) for folder in (pairs.iloc[0]["run_dir"], rechecks.iloc[0]["run_dir"]))
+    assert {"metrics.json", "equity.csv", "fills.csv"} <= light and not light & {"decisions.csv", "news.parquet", "signals.parquet"}
+    assert {"decisions.csv", "news.parquet", "signals.parquet"} <= full
+    assert 'max |&Delta; sharpe| = <b class="agreement">0</b>' in (tmp_path / "s" / "csv" / "summary.html").read_text()
+    assert "max |Δ sharpe| between the engines 0," in output.stdout
+    # Resumed: nothing runs again, the re-runs included.
+    again = sweep(tmp_path, tmp_path / "s", *GRID, *screen)
+    assert "4 already done" in again.stdout and "(2 already done)" in again.stdout and "re-run of" not in again.stdout

@@ -143,15 +143,19 @@ def test_a_short_sale_refused_for_want_of_cash():
     assert result.book["position_C"].iloc[-1] == 0
 
 
-def test_a_reversal_whose_parts_do_not_add_up_fills_its_remnant_the_next_session():
-    # Short 0.1 of 10,000 at 10 (-99.900099 units), then all in long at 43.5: the buy is scaled to the cash, and
-    # backtrader executes closed + opened = 99.900099 + 152.674957, a float 1.4e-14 short of the order. The
-    # order stays open for that remnant, fills at the next open, and is reported then, at its average price.
+def test_a_reversal_scaled_to_the_cash_fills_whole_that_session():
+    # Short 0.1 of 10,000 at 10 (-99.900099 units), then all in long at 43.5: the buy must be scaled to the cash.
+    # As one order it would execute closed + opened = 99.900099 + 152.674957, a float 1.4e-14 short of its size,
+    # and stay open for that remnant until the next open. As two orders (cover 99.900099 whole, then buy the
+    # rest scaled) both fill on the 8th, and the short's round trip is closed there.
     bars = hand_bars({"X": [(10, 10, 10, 10), (10, 10, 10, 10), (43.5, 43.5, 43.5, 43.5), (43.5, 43.5, 43.5, 43.5)]},
-                     {"X": [0, -0.1, 1, 1]})
+                     {"X": [0, -0.1, 1, float("nan")]})
     result = cross_check(bars, {"cash": 10_000, "commission_bps": 10})
-    assert list(result.fills["date"]) == ["2020-01-07", "2020-01-09", "2020-01-09"]
-    assert result.book["position_X"].iloc[2] > 0  # the reversal itself executed on the 8th
+    assert list(result.fills["date"]) == ["2020-01-07", "2020-01-08", "2020-01-08"]
+    assert result.fills["size"].iloc[1] == 99.900099  # the cover: exactly the short
+    assert result.orders == 3 and result.rejected_orders == 0
+    assert result.trades[["opened", "closed"]].values.tolist() == [["2020-01-07", "2020-01-08"]]
+    assert result.book["position_X"].iloc[2] == result.fills["size"].iloc[2] > 0
 
 
 def test_no_trades_gives_the_same_empty_frames():
