@@ -23,6 +23,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -174,31 +175,36 @@ class _NewsIndex:
         news = news.assign(session_ns=_utc_nanoseconds(news["session"]),
                            published_ns=_utc_nanoseconds(news["timestamp"]))
         news = news.sort_values(["ticker", "session_ns", "published_ns", "item"], kind="stable")
-        self.by_ticker = {str(ticker): part for ticker, part in news.groupby("ticker", sort=False)}
+        # Plain numpy columns per ticker: a window is then a slice of each, not a frame built per fill.
+        columns = ["session_ns", "published_ns", "item", "text", *([SCORE_COLUMN] if self.scored else [])]
+        self.by_ticker = {str(ticker): {c: part[c].to_numpy() for c in columns}
+                          for ticker, part in news.groupby("ticker", sort=False)}
 
-    def window(self, ticker: str, since: pd.Timestamp, session: pd.Timestamp) -> pd.DataFrame | None:
+    def window(self, ticker: str, since_ns: int, session_ns: int) -> dict[str, np.ndarray] | None:
+        """The ticker's items of sessions [since, session] (nanoseconds since the epoch, UTC) as numpy columns
+        (session_ns, published_ns, item, text and the score when scored), or None when there are none."""
         part = self.by_ticker.get(ticker)
         if part is None:
             return None
-        sessions = part["session_ns"].to_numpy()
-        start = np.searchsorted(sessions, _utc_nanoseconds(pd.DatetimeIndex([since]))[0], side="left")
-        end = np.searchsorted(sessions, _utc_nanoseconds(pd.DatetimeIndex([session]))[0], side="right")
-        return part.iloc[start:end] if end > start else None
+        sessions = part["session_ns"]
+        start = np.searchsorted(sessions, since_ns, side="left")
+        end = np.searchsorted(sessions, session_ns, side="right")
+        return {c: values[start:end] for c, values in part.items()} if end > start else None
 
 
-def headlines(items: pd.DataFrame | None, baseline: float, scored: bool) -> tuple[int, list[tuple]]:
+def headlines(items: Mapping[str, np.ndarray] | None, baseline: float, scored: bool) -> tuple[int, list[tuple]]:
     """The number of items in a decision's news window (``_NewsIndex.window``) and its ``HEADLINES`` headlines as
     (text, score, contribution, published, first session informed) tuples, ranked as the module docstring says.
 
-    >>> headlines(index.window("AAPL", since, session), baseline=0.0, scored=True)[1][0]  # moved it most
+    >>> headlines(index.window("AAPL", since_ns, session_ns), baseline=0.0, scored=True)[1][0]  # moved it most
     """
-    if items is None or not len(items):
+    if items is None or not len(items["item"]):
         return 0, []
-    published = items["published_ns"].to_numpy()
-    numbers = items["item"].to_numpy()
+    published = np.asarray(items["published_ns"])
+    numbers = np.asarray(items["item"])
     if scored:
-        scores = items[SCORE_COLUMN].to_numpy(dtype="float64")
-        sessions = items["session_ns"].to_numpy()
+        scores = np.asarray(items[SCORE_COLUMN], dtype="float64")
+        sessions = np.asarray(items["session_ns"])
         _, inverse, per_session = np.unique(sessions, return_inverse=True, return_counts=True)
         weights = 1.0 / (len(per_session) * per_session[inverse])
         contributions = weights * (scores - (baseline if math.isfinite(baseline) else 0.0))
@@ -208,12 +214,12 @@ def headlines(items: pd.DataFrame | None, baseline: float, scored: bool) -> tupl
         # np.lexsort sorts by its last key first: most pushed, then latest published, then lowest item number.
         order = np.lexsort((numbers, -published, -pushed))
     else:
-        scores = contributions = np.full(len(items), np.nan)
+        scores = contributions = np.full(len(numbers), np.nan)
         order = np.lexsort((numbers, -published))
-    texts, sessions_ns = items["text"].to_numpy(), items["session_ns"].to_numpy()
+    texts, sessions_ns = np.asarray(items["text"]), np.asarray(items["session_ns"])
     top = [(str(texts[i]), float(scores[i]), float(contributions[i]), _timestamp_text(pd.Timestamp(published[i])),
             _timestamp_text(pd.Timestamp(sessions_ns[i]))) for i in order[:HEADLINES]]
-    return len(items), top
+    return len(numbers), top
 
 
 def build_decisions(run_dir: Path, inputs: pd.DataFrame, news_window: pd.DataFrame | None) -> pd.DataFrame:
@@ -267,13 +273,20 @@ def build_decisions(run_dir: Path, inputs: pd.DataFrame, news_window: pd.DataFra
     window = news_window.reindex(signals.index) if news_window is not None else None
     news_path = run_dir / "news.parquet"
     index = _NewsIndex(pd.read_parquet(news_path)) if window is not None and news_path.exists() else None
+    # Converted once for all rows, not per fill: per-fill conversions were most of this stage's time.
+    if window is not None:
+        since_all = pd.DatetimeIndex(pd.to_datetime(window["since"], utc=True))
+        since_known = since_all.notna()
+        since_ns = since_all.as_unit("ns").asi8
+        baselines = window["baseline"].to_numpy(dtype="float64")
+    session_ns = _utc_nanoseconds(session_index)
     since_texts, counts, tops = [], [], []
     for r, ticker, is_ruled in zip(rows, out["ticker"], ruled):
-        since = window["since"].iloc[r] if window is not None and is_ruled else pd.NaT
+        known = window is not None and is_ruled and since_known[r]
+        since = since_all[r] if known else pd.NaT
         count, top = 0, []
-        if index is not None and not pd.isna(since):  # a stop, or a rule that reads no news, has no headlines
-            count, top = headlines(index.window(ticker, pd.Timestamp(since), pd.Timestamp(session_index[r])),
-                                   float(window["baseline"].iloc[r]), index.scored)
+        if index is not None and known:  # a stop, or a rule that reads no news, has no headlines
+            count, top = headlines(index.window(ticker, since_ns[r], session_ns[r]), float(baselines[r]), index.scored)
         since_texts.append(_timestamp_text(since))
         counts.append(count)
         tops.append(top)

@@ -1,4 +1,5 @@
 """Point-in-time alignment: each news item acts at the first open strictly after publication plus latency."""
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,6 +73,30 @@ def test_market_wide_news_reaches_every_ticker_and_late_news_is_dropped():
     aligned = align_news(news, prices)
     assert sorted(zip(aligned["ticker"], aligned["text"])) == [("X", "market"), ("Y", "market"), ("Y", "only y")]
 
+
+
+def test_many_tickers_match_a_one_item_at_a_time_reference():
+    # 30 tickers, items for known, unknown and no ticker (market-wide) at random instants: each (item, ticker
+    # it concerns) row must carry the first open strictly after publication + latency, worked out item by item.
+    rng = np.random.default_rng(7)
+    tickers = [f"T{i:02d}" for i in range(30)]
+    prices = pd.concat([PRICES.assign(ticker=t) for t in tickers], ignore_index=True)
+    prices["timestamp"] = prices["timestamp"].dt.as_unit("us")  # as engine.datasets loads them
+    opens = sorted(PRICES["timestamp"])
+    instants = pd.Timestamp("2020-01-05", tz="UTC") + pd.to_timedelta(rng.integers(0, 200 * 24 * 60, 400), "min")
+    names = rng.choice([*tickers, "", "ZZZ"], 400)
+    news = pd.DataFrame({"timestamp": instants, "ticker": names, "text": [f"n{i}" for i in range(400)],
+                         "source": "test"}).sort_values("timestamp", ignore_index=True)
+    expected = []
+    for stamp, name, text in zip(news["timestamp"], news["ticker"], news["text"]):
+        later = [o for o in opens if o > stamp + pd.Timedelta(minutes=7)]
+        for ticker in (tickers if name == "" else [name] if name in tickers else []):
+            if later:
+                expected.append((ticker, later[0], stamp, text))
+    aligned = align_news(news, prices, latency_minutes=7)
+    assert list(zip(aligned["ticker"], aligned["session"], aligned["timestamp"], aligned["text"])) == sorted(
+        expected, key=lambda row: (row[0], row[1], row[2]))
+    assert aligned["session"].dtype == prices["timestamp"].dtype  # the prices' unit, whatever the stamps hold
 
 def test_negative_latency_is_a_config_error():
     with pytest.raises(ConfigError, match="latency_minutes"):
