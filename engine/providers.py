@@ -5,10 +5,10 @@ Every key of ``signals`` is a slot holding one provider's config (``conf/signals
 ``_target_`` (a ``SignalProvider`` class, or a function returning one), ``enabled`` (default true) and the
 constructor's parameters. ``build_providers`` instantiates the enabled ones (Hydra ``instantiate``), handing a
 ``ProviderContext`` to those whose constructor takes ``context``. ``plan_providers`` orders them so that a
-provider runs after those whose columns it ``needs`` (a cycle, or two providers producing one column, is a
-ConfigError) and splits them: ``fixed`` providers are computed once over all the data (``fixed_signals``);
-``windowed`` ones, learned or needing a learned one's columns, per walk-forward window (``window_signals``:
-fitted on the window's training news or rows only). Each output is cached under the provider's ``name``, its
+provider runs after those whose columns it ``needs``, or whose per-item columns it reads (``item_needs``; a
+cycle, or two providers producing one column, is a ConfigError) and splits them: ``fixed`` providers are computed
+once over all the data (``fixed_signals``); ``windowed`` ones, learned or needing a learned one's columns, per
+walk-forward window (``window_signals``: fitted on the window's training news or rows only). Each output is cached under the provider's ``name``, its
 ``params()`` and a fingerprint of exactly the input it read, so the sweep's signal preparation, the runs and
 the cache counts all follow from the same declarations.
 """
@@ -25,7 +25,7 @@ from engine.cache import SignalCache, fingerprint
 from engine.config import provider_parameters
 from engine.errors import ConfigError
 from engine.features import DIAGNOSTIC_COLUMNS, check_pre_open, pattern_matches, provider_signals
-from engine.schema import canonical_signals
+from engine.schema import NEWS_COLUMNS, canonical_signals
 from engine.signal import NEWS, ProviderContext, SignalProvider
 
 # Bumped when what a cached window entry holds changes (1: describe() as a frame in the attrs).
@@ -92,12 +92,40 @@ def build_providers(signals: Mapping[str, Any], data_roots: Sequence[Path], cach
 
 
 def _dependencies(slot: Slot, others: list[Slot]) -> list[Slot]:
-    """The providers whose columns ``slot`` needs (none for a news reader)."""
+    """The providers whose columns ``slot`` needs: for a news reader, those giving the per-item columns of its
+    ``item_needs``."""
     if slot.provider.reads_news:
-        return []
+        return [other for other in others if other is not slot
+                and any(column in other.provider.item_columns for column in slot.provider.item_needs)]
     patterns = list(slot.provider.needs)
     return [other for other in others if other is not slot
             and any(pattern_matches(p, c) for p in patterns for c in other.provider.produces)]
+
+
+def _check_item_columns(slots: list[Slot]) -> None:
+    """Per-item columns: each given by one provider, never a column of the aligned news, among the produced
+    columns unless the provider overrides ``item_scores``; each ``item_needs`` given by another news reader."""
+    news_columns = (*NEWS_COLUMNS, "session", "item", "link_method")
+    owner: dict[str, str] = {}
+    for slot in slots:
+        provider = slot.provider
+        for column in provider.item_columns:
+            if column in news_columns:
+                raise ConfigError(f"{slot.key}: item column {column!r} is a column of the aligned news")
+            if column in owner:
+                raise ConfigError(f"{slot.key}: item column {column!r} is already given per item by {owner[column]}")
+            owner[column] = slot.key
+        missing = [c for c in provider.item_columns if c not in provider.produces]
+        if missing and type(provider).item_scores is SignalProvider.item_scores:
+            raise ConfigError(f"{slot.key}: item column {missing[0]!r} is not among the columns it produces")
+    for slot in slots:
+        if slot.provider.item_needs and not slot.provider.reads_news:
+            raise ConfigError(f"{slot.key}: only a news reader reads per-item columns (item_needs "
+                              f"{list(slot.provider.item_needs)})")
+        for column in slot.provider.item_needs:
+            if owner.get(column, slot.key) == slot.key:
+                raise ConfigError(f"{slot.key}: reads each item's {column!r}, which no other enabled provider gives "
+                                  f"per item")
 
 
 def plan_providers(slots: list[Slot], base_columns: Sequence[str]) -> SignalPlan:
@@ -121,9 +149,7 @@ def plan_providers(slots: list[Slot], base_columns: Sequence[str]) -> SignalPlan
                 raise ConfigError(f"{slot.key}: produces {column!r}, which {owner[column]} already provide"
                                   f"{'' if owner[column].startswith('the ') else 's'}")
             owner[column] = slot.key
-        missing = [c for c in slot.provider.item_columns if c not in slot.provider.produces]
-        if missing:
-            raise ConfigError(f"{slot.key}: item column {missing[0]!r} is not among the columns it produces")
+    _check_item_columns(slots)
     needs = {slot.key: _dependencies(slot, slots) for slot in slots}
     ordered: list[Slot] = []
     pending = list(slots)
@@ -138,6 +164,10 @@ def plan_providers(slots: list[Slot], base_columns: Sequence[str]) -> SignalPlan
     for slot in ordered:
         if slot.provider.learned or any(d.key in windowed for d in needs[slot.key]):
             windowed.add(slot.key)
+            if slot.provider.item_needs:
+                raise ConfigError(f"{slot.key}: reads per-item columns ({', '.join(slot.provider.item_needs)}), which "
+                                  f"exist only for providers computed once over all the data; it may not be learned "
+                                  f"nor read a learned provider's")
     return SignalPlan([s for s in ordered if s.key not in windowed], [s for s in ordered if s.key in windowed])
 
 
@@ -161,20 +191,56 @@ def _as_frame(output: pd.DataFrame | pd.Series) -> pd.DataFrame:
     return output.to_frame() if isinstance(output, pd.Series) else output
 
 
-def fixed_signals(slot: Slot, aligned: pd.DataFrame, features: pd.DataFrame, cache: SignalCache) -> pd.DataFrame:
-    """A fixed provider's output over all the data, from the cache or computed: from ``aligned`` news for a news
-    reader, else from the ``features`` columns it needs. The provider's counts (``stats_``) travel in the attrs.
+def _news_with_items(slot: Slot, aligned: pd.DataFrame, items: pd.DataFrame | None) -> pd.DataFrame:
+    """``aligned`` with the per-item columns ``slot``'s provider reads (``item_needs``) joined on from ``items``
+    (the aligned news with the item columns computed so far, same index)."""
+    needs = list(slot.provider.item_needs)
+    if not needs:
+        return aligned
+    missing = [column for column in needs if items is None or column not in items.columns]
+    if missing:
+        raise ConfigError(f"{slot.key}: reads each item's {missing[0]!r}, which was not computed before it")
+    return aligned.join(items[needs])
 
-    >>> frame = fixed_signals(slot, aligned, features, cache)
+
+def _transform_news(provider: SignalProvider, news: pd.DataFrame, sessions: pd.MultiIndex):
+    """``provider.transform`` of aligned ``news``, handing it ``sessions`` when it ``reads_sessions``."""
+    return provider.transform(news, sessions=sessions) if provider.reads_sessions else provider.transform(news)
+
+
+def _reads_key(provider: SignalProvider, news: pd.DataFrame, sessions: pd.MultiIndex) -> dict[str, str]:
+    """The cache key's parts for what a news reader reads besides the news' text: its item columns, the grid."""
+    key = {}
+    if provider.item_needs:
+        key["items"] = fingerprint(news[list(provider.item_needs)])
+    if provider.reads_sessions:
+        key["sessions"] = fingerprint(sessions.to_frame(index=False))
+    return key
+
+
+def fixed_signals(slot: Slot, aligned: pd.DataFrame, features: pd.DataFrame, cache: SignalCache,
+                  items: pd.DataFrame | None = None) -> pd.DataFrame:
+    """A fixed provider's output over all the data, from the cache or computed: from ``aligned`` news for a news
+    reader (with the per-item columns it needs from ``items``, and the sessions of ``features`` if it reads
+    them), else from the ``features`` columns it needs. The provider's counts (``stats_``) travel in the attrs.
+
+    >>> frame = fixed_signals(slot, aligned, features, cache, items)
     """
     provider = slot.provider
-    if provider.reads_news:
+    if provider.reads_news and not provider.item_needs and not provider.reads_sessions:
         return provider_signals(provider, aligned, cache)
-    inputs = features[needed_columns(provider, features.columns)]
-    key = {"provider": provider.name, "params": provider.params(), "rows": fingerprint(inputs)}
+    if provider.reads_news:
+        inputs = _news_with_items(slot, aligned, items)
+        sessions = features.index
+        key = {"provider": provider.name, "params": provider.params(),
+               "news": fingerprint(aligned[["ticker", "session", "text"]]), **_reads_key(provider, inputs, sessions)}
+    else:
+        inputs = features[needed_columns(provider, features.columns)]
+        key = {"provider": provider.name, "params": provider.params(), "rows": fingerprint(inputs)}
 
     def compute() -> pd.DataFrame:
-        frame = _as_frame(provider.transform(inputs))
+        output = _transform_news(provider, inputs, sessions) if provider.reads_news else provider.transform(inputs)
+        frame = _as_frame(output)
         frame.attrs = {"stats": dict(getattr(provider, "stats_", {}) or {})}
         return frame
 
@@ -199,8 +265,9 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
                    cache: SignalCache | None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """A windowed provider's output for ``window`` and what its fit ``describe()``s, from the cache or computed
     by a fresh copy of it: a news reader fitted on the news of sessions [train_start, test_start) and applied
-    to [train_start, test_end]; a feature reader fitted on ``frame``'s rows before ``test_start`` (the columns
-    it needs) and applied to all of ``frame``'s rows (the window's). A learned provider never sees a label.
+    to [train_start, test_end] (with ``frame``'s sessions, if it reads them); a feature reader fitted on
+    ``frame``'s rows before ``test_start`` (the columns it needs) and applied to all of ``frame``'s rows (the
+    window's). A learned provider never sees a label.
 
     >>> output, described = window_signals(slot, window, window_rows(features, window), aligned, cache)
     """
@@ -215,6 +282,7 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
         key = {"provider": provider.name, "params": provider.params(), "window": bounds,
                "past": fingerprint(past[["ticker", "session", "text"]]),
                "span": fingerprint(span[["ticker", "session", "text"]]), "version": WINDOW_CACHE_VERSION}
+        key.update(_reads_key(provider, span, frame.index))
         fit_on, apply_to = past, span
     else:
         inputs = frame[needed_columns(provider, frame.columns)]
@@ -225,7 +293,8 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
 
     def compute() -> pd.DataFrame:
         fitted = provider.fit(fit_on) if provider.learned else provider
-        output = _as_frame(fitted.transform(apply_to))
+        output = _as_frame(_transform_news(fitted, apply_to, frame.index) if provider.reads_news
+                           else fitted.transform(apply_to))
         described = fitted.describe()
         # What the fit shows in reports (e.g. top words) travels in the cached file.
         output.attrs = {"describe": [] if described is None else described.to_dict(orient="records")}

@@ -2,7 +2,8 @@
 
 A Hydra app; every config key is a ``key=value`` override (see conf/). Signal providers are built from their
 configs (``engine.providers``): this module names none of them. Each run writes its own folder with report.html,
-metrics.json, trades.csv, fills.csv, equity.csv, signals.parquet, news.parquet and the resolved config.yaml.
+metrics.json, trades.csv, fills.csv, decisions.csv, equity.csv, signals.parquet, news.parquet, event_study.csv
+(with the events provider) and the resolved config.yaml.
 A user's mistake prints one line ``newsbt: error: ...`` and exits with status 2.
 """
 from __future__ import annotations
@@ -144,6 +145,14 @@ def _aligned_dataset(data_json: str, roots: tuple[Path, ...], latency_minutes: f
     return replace(dataset, news=news), aligned, report, clock.seconds
 
 
+@lru_cache(maxsize=4)
+def _news_accounting(data_json: str, roots: tuple[Path, ...], latency_minutes: float) -> str:
+    """news_accounting of the dataset ``_aligned_dataset`` holds, as JSON: once per process, like the dataset
+    (it was a fifth of a screening run)."""
+    dataset = _aligned_dataset(data_json, roots, latency_minutes)[0]
+    return json.dumps(news_accounting(dataset, latency_minutes))
+
+
 def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
     """Load, link and align the data, build the signal providers and compute (or read from the cache) the
     fixed ones' features and per-item scores; ``clock`` (new if None) gets the seconds of each stage.
@@ -167,7 +176,7 @@ def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
     items = aligned.copy()
     for slot in plan.fixed:
         with clock(slot.slot):
-            frame = fixed_signals(slot, aligned, features, cache)
+            frame = fixed_signals(slot, aligned, features, cache, items)  # items: per-item scores so far
             stats[slot.slot] = dict(frame.attrs.get("stats", {}))
             features = join_signals(features, frame, slot.key)
             if slot.provider.reads_news and slot.provider.item_columns:
@@ -235,8 +244,10 @@ def in_out_of_sample_sharpe(cfg: DictConfig, decisions: Decisions, returns: pd.S
             "out_of_sample_sharpe": performance_metrics(returns.iloc[train:])["sharpe"]}
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics.
+def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
+    """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics. ``files``:
+    ``all``, or ``light`` (a sweep's screen, ``hydra.launcher.run_files``): the same metrics and config, equity,
+    trades and fills, without signals.parquet, news.parquet, event_study.csv and decisions.csv.
 
     >>> metrics = run(cfg, Path("runs/example"))
     """
@@ -269,10 +280,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if rule_rebalances else math.inf)
     from strategies.buy_and_hold import BuyAndHold
 
+    from engine.vectorized import run_vectorized
+
+    # cfg.engine: backtrader's engine, or the vectorised one that reproduces its fills bit for bit
+    backtest = run_vectorized if cfg.engine == "vectorized" else run_backtest
     with clock("backtest"):
-        result = run_backtest(backtest_bars(prices, weights), strategy_broker, risk)
+        result = backtest(backtest_bars(prices, weights), strategy_broker, risk)
         hold = to_weights(BuyAndHold().target(features[keep]))
-        benchmark = run_backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
+        benchmark = backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
 
     equity = pd.DataFrame({"date": result.book["date"], "value": result.book["value"]})
     equity["returns"] = equity["value"].pct_change().fillna(equity["value"].iloc[0] / broker["cash"] - 1)
@@ -282,10 +297,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     returns = pd.Series(equity["returns"].to_numpy(), index=pd.DatetimeIndex(equity["date"]))
     benchmark_returns = pd.Series(equity["benchmark_returns"].to_numpy(), index=returns.index)
     metrics = performance_metrics(returns, benchmark=benchmark_returns, trades=len(result.trades))
+    metrics["engine"] = cfg.engine
     metrics.update(
         final_value=float(equity["value"].iloc[-1]),
         sessions=int(len(equity)),
-        **news_accounting(dataset, cfg.latency_minutes),  # news_items, news_aligned, news_dropped (by reason)
+        # news_items, news_aligned, news_dropped (by reason)
+        **json.loads(_news_accounting(json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True),
+                                      tuple(project_path(root) for root in cfg.paths.roots), cfg.latency_minutes)),
         news_linking=inputs.linking,  # data.news.link_tickers: items considered, linked (by method), unlinked
         fills=int(len(result.fills)),
         stop_fills=int((result.fills["kind"] == "stop").sum()),
@@ -329,10 +347,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         result.fills.to_csv(stage / "fills.csv", index=False)
         for name, frame in extra_files.items():
             frame.to_csv(stage / name, index=False)
-        signals_out.to_parquet(stage / "signals.parquet")
-        inputs.items[list(NEWS_FILE_COLUMNS) + [c for c in inputs.items if c not in NEWS_FILE_COLUMNS]].to_parquet(
-            stage / "news.parquet", index=False)
         (stage / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if files != "light":  # the detail files (most of a vectorised run's time): no metric reads them
+            signals_out.to_parquet(stage / "signals.parquet")
+            inputs.items[list(NEWS_FILE_COLUMNS) + [c for c in inputs.items if c not in NEWS_FILE_COLUMNS]].to_parquet(
+                stage / "news.parquet", index=False)
+            # event_study.csv (with the events provider on): the returns around each event type, over every session
+            # of the data (signals.parquet of a learned rule holds only the sessions it traded); describes, never decides
+            from reports.event_study import write_event_study
+
+            write_event_study(stage, inputs.items, outcomes)
+            with clock("decisions"):  # decisions.csv: each fill, what the rule read before that open, its news
+                from reports.decisions import write_decisions
+
+                rule, decided_from = make_rule(cfg.strategy), features
+                if decisions.out_of_sample is not None:  # a learned rule also read its windows' provider columns
+                    decided_from = features.join(decisions.out_of_sample.drop(columns="prediction", errors="ignore"))
+                write_decisions(stage, rule.inputs(decided_from), rule.news_window(decided_from))
         if cfg.report.enabled:
             from reports.tearsheet import write_tearsheet
 
