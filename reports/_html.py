@@ -3,9 +3,11 @@ formats, escaped tables and cells, links, the page skeleton with its inline sort
 writes. Private to ``reports``."""
 from __future__ import annotations
 
+import argparse
 import html
 import math
 import os
+import sys
 import urllib.parse
 import uuid
 from pathlib import Path
@@ -13,6 +15,8 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+
+from engine.errors import DataError
 
 
 def _percent(value: Any) -> str:
@@ -70,6 +74,30 @@ def _write_text_atomic(text: str, path: Path) -> None:
 
 
 # ---------------------------------------------------------------- cells, links and whole pages
+
+
+def read_csv_checked(path: Path, required: list[str], text: tuple[str, ...] = ()) -> pd.DataFrame:
+    """``path`` read as a frame with the ``required`` columns, the ``text`` columns kept as written (a ticker
+    "0700" stays "0700"); a DataError naming the file otherwise.
+
+    >>> read_csv_checked(run_dir / "fills.csv", ["date", "ticker"], text=("ticker",))
+    """
+    try:
+        frame = pd.read_csv(path, dtype={column: str for column in text})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot read ({error})") from error
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line ``newsbt: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> None:
+        print(f"newsbt: error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _finite(*values: Any) -> bool:

@@ -6,7 +6,6 @@ same in every run. Reads only the run folders' files.
 """
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import sys
@@ -19,7 +18,7 @@ import pandas as pd
 
 from engine.errors import DataError, NewsbtError
 from reports import _plots
-from reports._html import _cell, _document, _integer, _number, _number_cell, _percent, _write_text_atomic
+from reports._html import OneLineParser, _cell, _document, _integer, _number, _number_cell, _percent, _write_text_atomic
 from reports.index import flatten, read_yaml, value_text
 
 DEFAULT_OUT = Path("compare.html")
@@ -305,14 +304,8 @@ def write_comparison(run_dirs: list[Path], path: Path = DEFAULT_OUT) -> Path:
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every newsbt error
-        print(f"newsbt: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m reports.compare", description="Compare finished runs on one page.")
+    parser = OneLineParser(prog="python -m reports.compare", description="Compare finished runs on one page.")
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders (two or more)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"the page to write (default: {DEFAULT_OUT})")
     arguments = parser.parse_args(argv)

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from engine.errors import DataError
-from reports._html import _write_text_atomic
+from reports._html import _write_text_atomic, read_csv_checked
 
 HEADLINES = 3  # headlines per decision
 SHOWN_DECISIONS = 200  # the tear sheet shows the most recent ones; decisions.csv holds them all
@@ -120,16 +120,6 @@ def _stop_loss(run_dir: Path) -> float | None:
     return float(value) if value is not None else None
 
 
-def _read_csv(path: Path, required: list[str], text: tuple[str, ...] = ()) -> pd.DataFrame:
-    """``path`` read, with the ``text`` columns kept as written (a ticker "0700" stays "0700")."""
-    try:
-        frame = pd.read_csv(path, dtype={column: str for column in text})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from error
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame
 
 
 def _regime_lookup(regime_map: pd.DataFrame | None, dates: np.ndarray,
@@ -229,7 +219,7 @@ def build_decisions(run_dir: Path, inputs: pd.DataFrame, news_window: pd.DataFra
     >>> build_decisions(run_dir, rule.inputs(features), rule.news_window(features))
     """
     run_dir = Path(run_dir)
-    fills = _read_csv(run_dir / "fills.csv", ["date", "ticker", "size", "price", "kind"], ("date", "ticker", "kind"))
+    fills = read_csv_checked(run_dir / "fills.csv", ["date", "ticker", "size", "price", "kind"], ("date", "ticker", "kind"))
     stop_loss = _stop_loss(run_dir)
     decisions = fill_actions(fills, stop_loss)
     signals = pd.read_parquet(run_dir / "signals.parquet")
@@ -256,7 +246,7 @@ def build_decisions(run_dir: Path, inputs: pd.DataFrame, news_window: pd.DataFra
                            exposure=signal("exposure"), target=signal("target"), regime=signal("regime"),
                            prediction=signal("prediction"))
     regime_path = run_dir / "regime_map.csv"
-    regime_map = _read_csv(regime_path, ["window_start", "regime", "mean_return", "t_stat"]) \
+    regime_map = read_csv_checked(regime_path, ["window_start", "regime", "mean_return", "t_stat"]) \
         if regime_path.exists() else None
     out["regime_mean_return"], out["regime_t_stat"] = _regime_lookup(regime_map, out["session"].to_numpy(),
                                                                      out["regime"].to_numpy())
@@ -386,7 +376,7 @@ def decisions_section(run_dir: Path, limit: int = SHOWN_DECISIONS) -> str:
     path = Path(run_dir) / "decisions.csv"
     if not path.exists():
         return ""
-    frame = _read_csv(path, ["session", "ticker", "action", "inputs"], ("session", "ticker", "action", "inputs"))
+    frame = read_csv_checked(path, ["session", "ticker", "action", "inputs"], ("session", "ticker", "action", "inputs"))
     missing = [c for c in DECISION_COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")

@@ -7,7 +7,6 @@ folder that is incomplete or unreadable gets a row that says so.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
 import html
@@ -23,7 +22,7 @@ import yaml
 from engine.errors import DataError, NewsbtError
 from engine.grid import RESULTS_FILE as SWEEP_RESULTS_FILE, SUMMARY_FILE as SWEEP_SUMMARY_FILE
 from reports._html import (
-    FILTER_SCRIPT, SORT_SCRIPT, _cell, _document, _href, _link, _number, _number_cell, _percent, _write_text_atomic,
+    FILTER_SCRIPT, SORT_SCRIPT, OneLineParser, _cell, _document, _href, _link, _number, _number_cell, _percent, _write_text_atomic,
 )
 
 INDEX_FILE = "index.html"
@@ -398,14 +397,8 @@ def write_index(runs_root: Path, sweeps_root: Path | None) -> Path:
     return path
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, as every newsbt error
-        print(f"newsbt: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m reports.index", description="Write runs/index.html: every run and sweep.")
+    parser = OneLineParser(prog="python -m reports.index", description="Write runs/index.html: every run and sweep.")
     parser.add_argument("--runs", type=Path, help="the runs folder (default: paths.runs of conf/config.yaml)")
     parser.add_argument("--sweeps", type=Path, help="the sweeps folder (default: paths.sweeps of conf/config.yaml)")
     arguments = parser.parse_args(argv)

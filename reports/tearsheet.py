@@ -20,7 +20,7 @@ import yaml
 
 from engine.errors import DataError
 from reports import _plots
-from reports._html import NO_FAVICON, _date, _integer, _number, _number_cell, _percent, _table, _write_text_atomic
+from reports._html import NO_FAVICON, read_csv_checked, _date, _integer, _number, _number_cell, _percent, _table, _write_text_atomic
 from reports.decisions import decisions_section
 from reports.event_study import event_study_section
 from reports.metrics import drawdown_periods, forecast_metrics, information_coefficients, performance_metrics, signal_columns
@@ -53,26 +53,17 @@ td:first-of-type,th:first-of-type{text-align:left}
 </style>"""
 
 
-def _read_csv(path: Path, required: list[str]) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from error
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    return frame
 
 
 def _optional_csv(path: Path, required: list[str]) -> pd.DataFrame | None:
-    return _read_csv(path, required) if path.exists() else None
+    return read_csv_checked(path, required) if path.exists() else None
 
 
 def _load_equity(run_dir: Path) -> tuple[pd.Series, pd.Series]:
     path = run_dir / "equity.csv"
     if not path.exists():
         raise DataError(f"{path}: missing (not a finished run folder?)")
-    equity = _read_csv(path, ["date", "returns", "benchmark_returns"])
+    equity = read_csv_checked(path, ["date", "returns", "benchmark_returns"])
     try:
         dates = pd.DatetimeIndex(pd.to_datetime(equity["date"], format="ISO8601"), name="date")
     except ValueError as error:
