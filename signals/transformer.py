@@ -2,7 +2,11 @@
 
 Per (ticker, session) it reports the mean of P(positive) − P(negative), the number of scored texts and their
 dispersion. Per-text scores are cached by content hash (``engine.cache.TextScoreCache``) under a key made of the
-model weights, the precision mode, the device type and the token limit, so a second run scores nothing.
+model weights, the precision mode and device type actually used, the token limit, the batch shape and the
+scoring version, so a second run scores nothing.
+
+fp32 on the CPU gives the same scores on every CPU (AVX2 or AVX-512 kernels differ by about 1e-6 in a
+probability; a test pins them). bf16, int8, ``auto`` and CUDA are faster, explicit choices that move scores.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ LABELS = ("negative", "neutral", "positive")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 DEVICES = ("auto", "cpu", "cuda")
 MIN_AGREEMENT = 0.99  # "auto" keeps the fastest mode whose labels agree with fp32 on at least this share
+CALIBRATION_FILE = "calibration_texts.json"  # held-out texts shipped with a model: "auto" calibrates on these only
 _CHARS_PER_TOKEN_LIMIT = 100  # WordPiece maps a word over 100 characters to one [UNK]: no token spans more
 _CACHE_VERSION = "transformer-scores-v2"  # v2: fixed-shape batches (batch-invariant scores)
 WIDTH_STEP = 8  # texts are padded to a multiple of this many tokens
@@ -119,7 +124,7 @@ def load_classifier(model_dir: str | os.PathLike) -> tuple[PreTrainedModel, Any]
     folder = Path(model_dir)
     if not (folder / "config.json").is_file():
         raise ConfigError(
-            f"signals.transformer.model_dir: no model in {folder} "
+            f"signals.sentiment.model_dir: no model in {folder} "
             f"(train one: python -m signals.finetune --out {folder})"
         )
     try:
@@ -132,7 +137,7 @@ def load_classifier(model_dir: str | os.PathLike) -> tuple[PreTrainedModel, Any]
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError, RuntimeError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"signals.transformer.model_dir: cannot load the model in {folder}: {first_line}") from None
+        raise ConfigError(f"signals.sentiment.model_dir: cannot load the model in {folder}: {first_line}") from None
     return model.eval(), tokenizer
 
 
@@ -140,7 +145,7 @@ def _weights_file(folder: Path) -> Path:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
             return folder / name
-    raise ConfigError(f"signals.transformer.model_dir: no weights file (model.safetensors) in {folder}")
+    raise ConfigError(f"signals.sentiment.model_dir: no weights file (model.safetensors) in {folder}")
 
 
 @lru_cache(maxsize=16)
@@ -162,7 +167,8 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), so bf16 beats fp32."""
+    """True where the CPU runs bf16 matrix products natively (AVX512-BF16 or AMX), so bf16 beats fp32. Only
+    ``precision=auto`` (an explicit request for the fastest mode) consults it; the default never does."""
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return torch.backends.mkldnn.is_available() and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -214,7 +220,7 @@ class _Scorer:
         self.max_length = int(min(limits))
         names = {str(name).lower(): int(index) for index, name in model.config.id2label.items()}
         if "positive" not in names or "negative" not in names:
-            raise ConfigError(f"signals.transformer.model_dir: labels {sorted(names)} lack 'positive'/'negative'")
+            raise ConfigError(f"signals.sentiment.model_dir: labels {sorted(names)} lack 'positive'/'negative'")
         self.label_index = names
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.model = _in_precision(model, mode, device)
@@ -327,10 +333,10 @@ def _load_cached(model_dir: str, model_fp: str) -> tuple[PreTrainedModel, Any]:
 class TransformerSentiment(SignalProvider):
     """Mean P(positive) − P(negative) of the fine-tuned classifier per (ticker, session), with count and std.
 
-    After ``transform``, ``stats_`` counts texts scored, cache hits, empty, undecodable and truncated texts, and
-    ``precision_`` / ``device_`` say which mode ran.
+    After ``transform``, ``stats_`` counts texts scored, cache hits, empty, undecodable and truncated texts and
+    names the precision and device type that ran (``precision_`` / ``device_`` too).
 
-    >>> provider = TransformerSentiment("data/models/sentiment-minilm", "data/cache", 64, 64, "auto", None, "auto")
+    >>> provider = TransformerSentiment("data/models/sentiment-minilm", "data/cache", 32, 64, "fp32", None, "cpu")
     >>> provider.transform(aligned_news)
     """
 
@@ -356,27 +362,27 @@ class TransformerSentiment(SignalProvider):
         self.device = device
 
     def params(self) -> dict[str, Any]:
-        """What changes the output: the model's weights, the precision asked for and the token limit."""
-        folder = Path(self.model_dir)
-        model = model_fingerprint(folder) if (folder / "config.json").is_file() else str(folder)
-        return {"model": model, "precision": self.precision, "max_length": self.max_length,
-                "batch_size": self.batch_size, "scoring": _CACHE_VERSION}
+        """What changes the output: the model's weights, the precision and device type that will run (not the
+        ones asked for: "auto" resolves first), the token limit, the batch shape and the scoring version."""
+        device, mode, _ = self.resolve()
+        return {"model": model_fingerprint(self.model_dir), "precision": mode, "device": device.type,
+                "max_length": self.max_length, "batch_size": self.batch_size, "scoring": _CACHE_VERSION}
 
     # -- configuration checks and resolution -------------------------------------------------------------
     def _check(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(
-                f"signals.transformer.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+                f"signals.sentiment.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.device not in DEVICES:
-            raise ConfigError(f"signals.transformer.device: {self.device!r} is not one of {', '.join(DEVICES)}")
+            raise ConfigError(f"signals.sentiment.device: {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("signals.transformer.device: 'cuda' asked for but torch sees no CUDA device")
+            raise ConfigError("signals.sentiment.device: 'cuda' asked for but torch sees no CUDA device")
         for key in ("batch_size", "max_length"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"signals.transformer.{key}: must be a positive integer, got {value!r}")
+                raise ConfigError(f"signals.sentiment.{key}: must be a positive integer, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ConfigError(f"signals.transformer.threads: must be null or a positive integer, got {self.threads!r}")
+            raise ConfigError(f"signals.sentiment.threads: must be null or a positive integer, got {self.threads!r}")
 
     def _resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -389,37 +395,64 @@ class TransformerSentiment(SignalProvider):
             return ["bf16", "fp32"]
         return (["bf16"] if cpu_has_fast_bf16() else []) + ["int8", "fp32"]
 
-    def _calibration_texts(self, fallback: list[str]) -> list[str]:
-        path = Path(self.model_dir) / "calibration_texts.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        return sorted(fallback)[:512]
+    def _calibration_texts(self) -> list[str]:
+        """The texts shipped with the model (``calibration_texts.json``); never the dataset's own texts, which
+        would make the choice depend on the sample and on which texts a run happened to see first."""
+        path = Path(self.model_dir) / CALIBRATION_FILE
+        if not path.is_file():
+            raise ConfigError(
+                f"signals.sentiment.precision: 'auto' calibrates on the texts shipped with the model, and "
+                f"{path} does not exist; choose fp32 (the default), bf16 or int8")
+        try:
+            texts = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise ConfigError(f"signals.sentiment.precision: {path}: not readable JSON ({error})") from None
+        if not isinstance(texts, list) or not any(isinstance(text, str) and text.strip() for text in texts):
+            raise ConfigError(f"signals.sentiment.precision: {path}: not a list holding non-empty texts")
+        return [text for text in texts if isinstance(text, str)]
 
-    def _resolve_mode(self, model, tokenizer, device, model_fp: str, texts: list[str],
-                      threads: int) -> tuple[str, dict[str, float]]:
-        """The precision mode to run; "auto" picks the first candidate agreeing with fp32 on >= 99% of labels.
+    def resolve(self) -> tuple[torch.device, str, dict[str, float]]:
+        """(device, precision mode that will run, "auto"'s label agreements with fp32), worked out once.
 
-        The choice is stored beside the text cache, so later runs on this machine reuse it (and its cache)."""
-        if self.precision == "fp32":
-            return "fp32", {}
+        fp32, bf16 and int8 run as asked, on every machine (bf16 on a CPU without native bf16 is emulated:
+        slower than fp32, same scores as elsewhere). "auto" picks the first candidate agreeing with fp32 on
+        >= MIN_AGREEMENT of the model's calibration texts; the choice is stored beside the text cache under
+        a key covering everything it depends on, so later runs reuse it without loading the model.
+
+        >>> device, mode, agreement = provider.resolve()
+        """
+        if getattr(self, "_resolved", None) is not None:
+            return self._resolved
+        self._check()
+        device = self._resolved_device()
+        model_fp = model_fingerprint(self.model_dir)
         if self.precision == "int8" and device.type != "cpu":
-            raise ConfigError("signals.transformer.precision: 'int8' (dynamic quantisation) runs on the CPU only")
-        if self.precision == "bf16":
-            if device.type == "cpu" and not cpu_has_fast_bf16():
-                warnings.warn("signals.transformer.precision: this CPU has no native bf16; using fp32")
-                return "fp32", {}
-            return "bf16", {}
-        if self.precision == "int8":
-            return "int8", {}
-        record = Path(self.cache_root) / "texts" / f"precision-{model_fp[:20]}-{device.type}-{self.max_length}.json"
+            raise ConfigError("signals.sentiment.precision: 'int8' (dynamic quantisation) runs on the CPU only")
+        if self.precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+            warnings.warn("signals.sentiment.precision: this CPU has no native bf16, so bf16 is emulated and "
+                          "slower than fp32")
+        if self.precision != "auto":
+            self._resolved = (device, self.precision, {})
+            return self._resolved
+        texts = self._calibration_texts()
+        candidates = self._candidate_modes(device)
+        key = fingerprint("precision-choice-v2", model_fp, texts, device.type, candidates, self.max_length,
+                          self.batch_size, MIN_AGREEMENT, _CACHE_VERSION, torch.__version__)
+        record = Path(self.cache_root) / "texts" / f"precision-{key[:20]}.json"
         if record.is_file():
-            saved = json.loads(record.read_text())
-            return saved["mode"], saved["agreement"]
-        mode, agreement = choose_precision(model, tokenizer, device, self.max_length, self._calibration_texts(texts),
-                                           self._candidate_modes(device), self.batch_size, threads)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"mode": mode, "agreement": agreement}, indent=1))
-        return mode, agreement
+            saved = json.loads(record.read_text(encoding="utf-8"))
+            self._resolved = (device, saved["mode"], saved["agreement"])
+            return self._resolved
+        model, tokenizer = _load_cached(str(Path(self.model_dir).resolve()), model_fp)
+        mode, agreement = choose_precision(model, tokenizer, device, self.max_length, texts, candidates,
+                                           self.batch_size, self._threads())
+        _write_text_atomic(record, json.dumps({"mode": mode, "agreement": agreement, "candidates": candidates},
+                                              indent=1))
+        self._resolved = (device, mode, agreement)
+        return self._resolved
+
+    def _threads(self) -> int:
+        return self.threads or len(os.sched_getaffinity(0))
 
     # -- the work ------------------------------------------------------------------------------------------
     def transform(self, news: pd.DataFrame) -> pd.DataFrame:
@@ -436,12 +469,13 @@ class TransformerSentiment(SignalProvider):
         texts = pd.Series([text for text, _ in cleaned if text is not None], dtype=object)
         hashes = text_hash(texts) if len(texts) else pd.Series([], dtype=object)
         first = ~hashes.duplicated().to_numpy()
+        device, mode, self.agreement_ = self.resolve()
+        self.precision_, self.device_ = mode, device.type
         self.stats_ = {
             "texts": int(len(news)), "unique_texts": int(first.sum()), "scored": 0, "cache_hits": 0,
             "empty": int((status == "empty").sum()), "undecodable": int((status == "undecodable").sum()),
-            "truncated": 0,
+            "truncated": 0, "precision": mode, "device": device.type,
         }
-        self.precision_, self.device_, self.agreement_ = None, None, {}
         items = news.loc[:, ["ticker", "session"]].reset_index(drop=True)[scorable]
         if len(texts):
             scores = self._scores(texts[first].tolist(), hashes[first].reset_index(drop=True))
@@ -457,20 +491,18 @@ class TransformerSentiment(SignalProvider):
 
     def _scores(self, texts: list[str], hashes: pd.Series) -> pd.DataFrame:
         """Scores of the unique ``texts`` (indexed by their hashes), from the cache or computed and cached."""
-        device = self._resolved_device()
+        device, mode, _ = self.resolve()
         model_fp = model_fingerprint(self.model_dir)
-        model, tokenizer = _load_cached(str(Path(self.model_dir).resolve()), model_fp)
-        threads = self.threads or len(os.sched_getaffinity(0))
-        mode, self.agreement_ = self._resolve_mode(model, tokenizer, device, model_fp, texts, threads)
-        self.precision_, self.device_ = mode, device.type
         # The batch size fixes the batch shapes, and so the last bits of every score: part of the key.
-        key = fingerprint(_CACHE_VERSION, model_fp, mode, device.type, self.max_length, self.batch_size)
-        cache = TextScoreCache(self.cache_root, key)
+        cache = TextScoreCache(self.cache_root, text_cache_key(model_fp, mode, device.type, self.max_length,
+                                                               self.batch_size))
         known = cache.lookup(hashes)
         missing = ~hashes.isin(known.index)
         self.stats_["cache_hits"] = int((~missing).sum())
         self.stats_["scored"] = int(missing.sum())
         if missing.any():
+            model, tokenizer = _load_cached(str(Path(self.model_dir).resolve()), model_fp)
+            threads = self._threads()
             new_texts = [text for text, miss in zip(texts, missing.to_numpy()) if miss]
             scorer = _Scorer(model, tokenizer, device, mode, self.max_length)
             batch_size = max(self.batch_size, 512) if device.type == "cuda" else self.batch_size
@@ -481,6 +513,25 @@ class TransformerSentiment(SignalProvider):
             cache.add(new)
             known = pd.concat([known, new]) if len(known) else new
         return known.loc[hashes.to_numpy()]
+
+
+def text_cache_key(model_fp: str, mode: str, device_type: str, max_length: int, batch_size: int) -> str:
+    """The per-text score cache's key: everything that changes a text's score.
+
+    >>> TextScoreCache("data/cache", text_cache_key(model_fingerprint(folder), "fp32", "cpu", 64, 32))
+    """
+    return fingerprint(_CACHE_VERSION, model_fp, mode, device_type, max_length, batch_size)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
 
 
 def choose_precision(model, tokenizer, device: torch.device, max_length: int, texts: list[str],
@@ -517,3 +568,36 @@ def _aggregate(items: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     })
     frame.index = frame.index.set_names(SIGNAL_INDEX)
     return frame[columns].astype("float64")
+
+
+# --- the provider as conf/signals/sentiment/transformer.yaml builds it (engine.providers) -------------------------
+from typing import Literal  # noqa: E402 - kept with the factory they annotate
+
+from engine.cache import project_path  # noqa: E402
+from engine.config import PositiveInt, Training  # noqa: E402
+from engine.signal import ProviderContext  # noqa: E402
+
+
+class TransformerProvider(TransformerSentiment):
+    """``TransformerSentiment`` as the engine builds it: each news item's P(positive) − P(negative) is also kept
+    in the run's news.parquet (``item_scores``, read from the per-text score cache)."""
+
+    item_columns = ("sentiment",)
+
+
+def provider(model_dir: str, base_model: str | None, training: Training, batch_size: PositiveInt,
+             max_length: PositiveInt, precision: Literal[PRECISIONS], threads: PositiveInt | None,
+             device: Literal[DEVICES], context: ProviderContext) -> TransformerProvider:
+    """The transformer sentiment provider of ``signals.sentiment`` (``_target_: signals.transformer.provider``):
+    the model that ``model_dir``, ``base_model`` and ``training`` name, fine-tuned first when missing
+    (``signals.finetune.ensure_model``), scoring with the cache under ``paths.cache``. The annotations are the
+    parameters' schema.
+
+    >>> provider("data/models/sentiment-minilm", None, {"recipe": "default", "precision": "fp32", "device": "cpu"},
+    ...          32, 64, "fp32", None, "cpu", context)
+    """
+    from signals.finetune import ensure_model
+
+    folder = ensure_model(project_path(model_dir), base=base_model, data_roots=list(context.data_roots),
+                          recipe=training["recipe"], precision=training["precision"], device=training["device"])
+    return TransformerProvider(folder, context.cache_root, batch_size, max_length, precision, threads, device)

