@@ -75,6 +75,22 @@ def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
             temporary.unlink()
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and an atomic rename.
+
+    >>> write_text_atomic("<html>...</html>", Path("runs/index.html"))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
 class SignalCache:
     """Whole signal frames on disk under ``root``, one Parquet file per (name, key).
 

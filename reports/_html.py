@@ -9,13 +9,13 @@ import math
 import os
 import sys
 import urllib.parse
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from engine.cache import write_text_atomic as _write_text_atomic  # noqa: F401 - the pages' writer
 from engine.errors import DataError
 
 
@@ -61,16 +61,6 @@ def _table(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None 
         lines.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     lines.append("</tbody></table>")
     return "\n".join(lines)
-
-
-def _write_text_atomic(text: str, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 # ---------------------------------------------------------------- cells, links and whole pages

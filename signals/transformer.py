@@ -42,7 +42,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from engine.cache import CACHE_STATS, TextScoreCache, file_sha256, fingerprint, text_hash
+from engine.cache import CACHE_STATS, TextScoreCache, file_sha256, fingerprint, text_hash, write_text_atomic
 from engine.errors import ConfigError, DataError
 from engine.schema import SIGNAL_INDEX, empty_signals
 from engine.signal import SignalProvider
@@ -446,8 +446,8 @@ class TransformerSentiment(SignalProvider):
         model, tokenizer = _load_cached(str(Path(self.model_dir).resolve()), model_fp)
         mode, agreement = choose_precision(model, tokenizer, device, self.max_length, texts, candidates,
                                            self.batch_size, self._threads())
-        _write_text_atomic(record, json.dumps({"mode": mode, "agreement": agreement, "candidates": candidates},
-                                              indent=1))
+        write_text_atomic(json.dumps({"mode": mode, "agreement": agreement, "candidates": candidates}, indent=1),
+                          record)
         self._resolved = (device, mode, agreement)
         return self._resolved
 
@@ -521,17 +521,6 @@ def text_cache_key(model_fp: str, mode: str, device_type: str, max_length: int, 
     >>> TextScoreCache("data/cache", text_cache_key(model_fingerprint(folder), "fp32", "cpu", 64, 32))
     """
     return fingerprint(_CACHE_VERSION, model_fp, mode, device_type, max_length, batch_size)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 def choose_precision(model, tokenizer, device: torch.device, max_length: int, texts: list[str],
