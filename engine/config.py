@@ -43,7 +43,11 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # --- value types ---------------------------------------------------------------------------------------------
 
-def _time_zone(value: str) -> str:
+def time_zone(value: str) -> str:
+    """``value`` when it is a time zone name pandas knows, else a ValueError naming it (the schema adds the key).
+
+    >>> time_zone("America/New_York")
+    """
     try:
         pd.Timestamp("2000-01-01").tz_localize(value)  # the same call the loaders make
     except Exception:  # unknown names raise KeyError, ValueError or pytz errors
@@ -108,7 +112,7 @@ def _securities(value: list[str]) -> list[str]:
     return value
 
 
-TimeZone = Annotated[str, AfterValidator(_time_zone)]
+TimeZone = Annotated[str, AfterValidator(time_zone)]
 Clock = Annotated[str, AfterValidator(_clock)]
 IsoDate = Annotated[str, AfterValidator(_iso_date)]
 Encoding = Annotated[str, AfterValidator(_encoding)]

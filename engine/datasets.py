@@ -21,6 +21,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from engine.cache import PROJECT_ROOT, file_sha256, project_path
+from engine.config import time_zone
 from engine.calendar import end_of_day, session_instants
 from engine.errors import ConfigError, DataError
 from engine.schema import NEWS_COLUMNS, validate_news, validate_prices
@@ -527,7 +528,10 @@ def _load_csv_news(cfg: Mapping) -> tuple[pd.DataFrame, tuple[Path, str] | None,
     path = _user_path(spec["path"], f"{key}.path")
     timezone = spec.get("timezone")
     if timezone is not None:
-        _check_zone(timezone, f"{key}.timezone")
+        try:  # the schema's check, for callers of load_dataset that skip the schema
+            time_zone(str(timezone))
+        except ValueError as error:
+            raise ConfigError(f"{key}.timezone: {error}") from None
     frame, text, digest = _read_text_csv(path, _required(spec, "encoding", key), f"{key}.encoding")
     columns = spec.get("columns") or {}
 
@@ -551,13 +555,6 @@ def _load_csv_news(cfg: Mapping) -> tuple[pd.DataFrame, tuple[Path, str] | None,
     empty = texts == ""
     news = pd.DataFrame({"timestamp": timestamps, "ticker": tickers, "text": texts, "source": path.name})
     return news[~empty], (path, digest), int(empty.sum())
-
-
-def _check_zone(timezone: Any, key: str) -> None:
-    try:
-        pd.Timestamp("2000-01-01").tz_localize(str(timezone))
-    except Exception:  # unknown zone names raise several types
-        raise ConfigError(f"{key}: unknown time zone {timezone!r}; use an IANA name such as America/New_York or UTC") from None
 
 
 def _news_timestamps(values: pd.Series, timezone: str | None, path: Path, text: str) -> pd.Series:
