@@ -36,6 +36,7 @@ bench: install
 	$(PY) bench/backtest.py
 	$(PY) bench/grid.py
 	$(PY) bench/sentiment.py
+	$(PY) -m bench.extraction
 	$(PY) bench/scale.py
 
 clean-cache:
