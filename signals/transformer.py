@@ -1,9 +1,14 @@
-"""Transformer sentiment: scores each news text with the fine-tuned classifier of ``signals/finetune.py``.
+"""Transformer sentiment: scores each news text with the fine-tuned classifier of ``signals/finetune.py``, or
+with any local Hugging Face sequence-classification folder whose labels map by name (positive/bullish,
+negative/bearish, neutral; a 2-class model has P(neutral) = 0).
 
 Per (ticker, session) it reports the mean of P(positive) − P(negative), the number of scored texts and their
 dispersion. Per-text scores are cached by content hash (``engine.cache.TextScoreCache``) under a key made of the
-model weights, the precision mode and device type actually used, the token limit, the batch shape and the
-scoring version, so a second run scores nothing.
+model's weights and config (architecture, labels), the precision mode and device type actually used, the token
+limit, the batch shape and the scoring version, so a second run scores nothing.
+
+Model folders newsbt writes ship their model code (``signals/modeling_newsbt.py``) so stock transformers loads
+them with ``trust_remote_code=True`` and refuses them without it (never a random head).
 
 fp32 on the CPU gives the same scores on every CPU (AVX2 or AVX-512 kernels differ by about 1e-6 in a
 probability; a test pins them). bf16, int8, ``auto`` and CUDA are faster, explicit choices that move scores.
@@ -11,6 +16,7 @@ probability; a test pins them). bf16, int8, ``auto`` and CUDA are faster, explic
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -32,20 +38,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-)
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from engine.cache import CACHE_STATS, TextScoreCache, file_sha256, fingerprint, text_hash, write_text_atomic
-from engine.errors import ConfigError, DataError
+from engine.errors import ConfigError, DataError, NewsbtError
 from engine.schema import SIGNAL_INDEX, empty_signals
 from engine.signal import SignalProvider
+from signals import modeling_newsbt
+from signals.modeling_newsbt import MODEL_TYPE, WRAPPER_KEYS, MeanPoolingClassifier, MeanPoolingConfig
 
 LABELS = ("negative", "neutral", "positive")
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
@@ -58,86 +59,192 @@ WIDTH_STEP = 8  # texts are padded to a multiple of this many tokens
 _PROGRESS_MIN_TEXTS = 2000
 
 
-class MeanPoolingClassifier(PreTrainedModel):
-    """A BERT-family encoder, masked mean pooling over its token states, dropout and one linear layer.
-
-    The base all-MiniLM-L6-v2 was trained as a mean-pooling sentence encoder, so its mean-pooled output is a
-    better start than the untrained [CLS] pooler. Saved by ``save_classifier``, loaded by ``load_classifier``.
-
-    >>> logits = MeanPoolingClassifier(config)(input_ids=ids, attention_mask=mask).logits
-    """
-
-    config_class = PretrainedConfig
-    base_model_prefix = "encoder"
-    _supports_sdpa = True
-    _supports_attention_backend = True
-
-    def __init__(self, config: PretrainedConfig):
-        super().__init__(config)
-        try:
-            self.encoder = AutoModel.from_config(config, add_pooling_layer=False)
-        except TypeError:  # encoders without a pooler (DistilBERT, ...) take no such argument
-            self.encoder = AutoModel.from_config(config)
-        dropout = getattr(config, "classifier_dropout", None)
-        if dropout is None:
-            dropout = getattr(config, "hidden_dropout_prob", 0.1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
-
-    def forward(self, input_ids=None, attention_mask=None, labels=None, **kwargs) -> SequenceClassifierOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        kwargs.pop("return_dict", None)
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(torch.float32)
-        # Pool in float32: a bf16 sum over 64 tokens loses the digits that separate close classes.
-        pooled = (hidden.to(torch.float32) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        logits = self.classifier(self.dropout(pooled.to(hidden.dtype)))
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+# -- model folders ---------------------------------------------------------------------------------------------
+# newsbt's format: config.json is the encoder's own config (e.g. BERT's) with model_type MODEL_TYPE, the
+# encoder's family in encoder_model_type and an auto_map naming MODELING_FILE, a copy of signals/modeling_newsbt.py
+# shipped in the folder. Stock transformers then loads the same model with trust_remote_code=True and refuses the
+# folder without it. The previous format (before 2026-11-29) had the encoder's model_type and would have loaded
+# as a stock BERT with a random head; newsbt still reads it, and ``upgrade_folder`` rewrites it.
+MODELING_FILE = "modeling_newsbt.py"
+_AUTO_MAP = {
+    "AutoConfig": "modeling_newsbt.MeanPoolingConfig",
+    "AutoModelForSequenceClassification": "modeling_newsbt.MeanPoolingClassifier",
+}
+# What a label name means, any case: a 2-class model has no neutral (its P(neutral) is 0).
+_LABEL_MEANINGS = {"negative": "negative", "bearish": "negative", "neutral": "neutral",
+                   "positive": "positive", "bullish": "positive"}
 
 
-def save_classifier(model: PreTrainedModel, tokenizer: Any, folder: str | os.PathLike) -> Path:
-    """Write ``model`` (safetensors + config with id2label) and ``tokenizer`` into ``folder``; return it.
-
-    >>> save_classifier(model, tokenizer, "data/models/sentiment-minilm")
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.architectures = [type(model).__name__]
-    model.config.save_pretrained(folder)
-    state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def load_classifier(model_dir: str | os.PathLike) -> tuple[PreTrainedModel, Any]:
-    """The (model in eval mode, tokenizer) saved in ``model_dir``: a ``MeanPoolingClassifier`` written by
-    ``save_classifier``, or any local sequence-classification folder; raises ConfigError when it cannot load.
-
-    >>> model, tokenizer = load_classifier("data/models/sentiment-minilm")
-    """
-    folder = Path(model_dir)
-    if not (folder / "config.json").is_file():
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
         raise ConfigError(
             f"signals.sentiment.model_dir: no model in {folder} "
             f"(train one: python -m signals.finetune --out {folder})"
         )
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        if "MeanPoolingClassifier" in (config.architectures or []):
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"signals.sentiment.model_dir: {path}: not readable JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"signals.sentiment.model_dir: {path}: not a JSON object")
+    return config
+
+
+def _is_previous_format(config: dict[str, Any]) -> bool:
+    return config.get("model_type") != MODEL_TYPE and "MeanPoolingClassifier" in (config.get("architectures") or [])
+
+
+def _encoder_form(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as the previous format wrote it: newsbt's format without its remote-code entries."""
+    if config.get("model_type") != MODEL_TYPE:
+        return config
+    encoder = {key: value for key, value in config.items() if key not in WRAPPER_KEYS}
+    encoder["model_type"] = config.get("encoder_model_type")
+    return encoder
+
+
+def _remote_code_form(encoder: dict[str, Any]) -> dict[str, Any]:
+    """newsbt's config.json for a mean-pooling model whose encoder config (as a dict) is ``encoder``."""
+    return {**encoder, "architectures": ["MeanPoolingClassifier"], "model_type": MODEL_TYPE,
+            "encoder_model_type": encoder["model_type"], "auto_map": dict(_AUTO_MAP)}
+
+
+def _json_text(config: dict[str, Any]) -> str:
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"  # transformers' own config.json layout
+
+
+def _write_remote_code(folder: Path, encoder: dict[str, Any]) -> None:
+    """Ship the modeling code, then the config naming it (each written atomically, in that order, so config.json
+    never names a file that is not there)."""
+    write_text_atomic(Path(modeling_newsbt.__file__).read_text(encoding="utf-8"), folder / MODELING_FILE)
+    write_text_atomic(_json_text(_remote_code_form(encoder)), folder / "config.json")
+
+
+def save_classifier(model: PreTrainedModel, tokenizer: Any, folder: str | os.PathLike) -> Path:
+    """Write ``model`` (safetensors + config with id2label) and ``tokenizer`` into ``folder``; return it. A
+    ``MeanPoolingClassifier`` is saved with its code (``modeling_newsbt.py``, named by ``auto_map``), so
+    ``pipeline("text-classification", model=folder, trust_remote_code=True)`` gives newsbt's probabilities; any
+    other transformers model is saved by its own ``save_pretrained``.
+
+    >>> save_classifier(model, tokenizer, "data/models/sentiment-minilm")
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, MeanPoolingClassifier):
+        config = model.config
+        encoder_config = config.encoder_config() if isinstance(config, MeanPoolingConfig) else config
+        encoder = json.loads(encoder_config.to_json_string())
+        state = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        _write_remote_code(folder, encoder)
+    elif isinstance(model, PreTrainedModel):
+        model.save_pretrained(folder)
+    else:
+        raise TypeError(f"save_classifier: a transformers model is needed (merge adapters first), got {type(model)}")
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def upgrade_folder(model_dir: str | os.PathLike) -> bool:
+    """Rewrite a folder of newsbt's previous format (config with the encoder's model_type) into the current
+    one: ships ``modeling_newsbt.py`` and rewrites config.json, each atomically; weights, tokenizer, scores and
+    ``model_fingerprint`` are unchanged. True when it rewrote the folder, False when there was nothing to do.
+
+    >>> upgrade_folder("data/models/sentiment-minilm")
+    """
+    folder = Path(model_dir)
+    config = _read_config(folder)
+    if not _is_previous_format(config):
+        return False
+    _write_remote_code(folder, config)
+    return True
+
+
+def _upgrade_or_explain(folder: Path) -> None:
+    """Upgrade a previous-format folder that signals.finetune wrote (its model card says so); for any other,
+    or one that cannot be written, warn with the command that upgrades it."""
+    if not _is_previous_format(_read_config(folder)):
+        return
+    reason = "it has no model_card.json, so newsbt did not write it"
+    if (folder / "model_card.json").is_file():
+        try:
+            upgrade_folder(folder)
+            print(f"newsbt: {folder}: added {MODELING_FILE} and auto_map to config.json so stock transformers "
+                  f"loads it (trust_remote_code=True); weights and scores unchanged", file=sys.stderr)
+            return
+        except OSError as error:
+            reason = f"it cannot be written ({error.strerror or error})"
+    warnings.warn(f"signals.sentiment.model_dir: {folder} is in newsbt's previous format, which stock "
+                  f"transformers loads with a random head; not upgraded as {reason}. Upgrade it with: "
+                  f"python -m signals.transformer --upgrade {folder}")
+
+
+def sentiment_labels(id2label: dict[Any, str], where: Any = "the model") -> dict[str, int]:
+    """Output index of "negative", "positive" and (3 classes) "neutral", mapped from the label names: positive
+    or bullish, negative or bearish, neutral, in any case. ConfigError listing the labels when they do not map.
+
+    >>> sentiment_labels({0: "Bearish", 1: "BULLISH"})  # {"negative": 0, "positive": 1}
+    """
+    labels = {int(index): str(name) for index, name in (id2label or {}).items()}
+    meanings = [_LABEL_MEANINGS.get(name.strip().lower()) for _, name in sorted(labels.items())]
+    mapped = {meaning: index for meaning, (index, _) in zip(meanings, sorted(labels.items()))}
+    if None in meanings or len(mapped) != len(labels) or not {"negative", "positive"} <= set(mapped):
+        listed = ", ".join(f"{index}={name!r}" for index, name in sorted(labels.items()))
+        raise ConfigError(
+            f"signals.sentiment.model_dir: {where}: cannot map the labels ({listed}) to negative/neutral/positive "
+            f"(accepted, any case: positive or bullish, negative or bearish, and neutral for a 3-class model)")
+    return mapped
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _head_mismatch(folder: Path, missing: list[str], unexpected: list[str]) -> ConfigError:
+    parts = [f"{label} {', '.join(sorted(keys)[:3])}{' ...' if len(keys) > 3 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    return ConfigError(f"signals.sentiment.model_dir: {folder}: its weights do not match a sequence classifier "
+                       f"({'; '.join(parts)}); refusing to start from random weights")
+
+
+def load_classifier(model_dir: str | os.PathLike) -> tuple[PreTrainedModel, Any]:
+    """The (model in eval mode, tokenizer) saved in ``model_dir``: a ``MeanPoolingClassifier`` written by
+    ``save_classifier`` (either format), or any local sequence-classification folder of a standard transformers
+    architecture whose labels ``sentiment_labels`` maps. Never runs code from the folder, never starts from a
+    random head: weights that do not cover the model (missing or unexpected keys) are a ConfigError.
+
+    >>> model, tokenizer = load_classifier("data/models/sentiment-minilm")
+    """
+    folder = Path(model_dir)
+    raw = _read_config(folder)
+    sentiment_labels(raw.get("id2label") or {0: "LABEL_0", 1: "LABEL_1"}, folder)
+    try:
+        if raw.get("model_type") == MODEL_TYPE or _is_previous_format(raw):
+            config = MeanPoolingConfig.from_dict(_remote_code_form(_encoder_form(raw)))
             model = MeanPoolingClassifier(config)
-            model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+            result = model.load_state_dict(load_file(str(_weights_file(folder))), strict=False)
+            missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+            tokenizer_config = config.encoder_config()
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(folder, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"signals.sentiment.model_dir: cannot load the model in {folder}: {first_line}") from None
+            if "auto_map" in raw or raw.get("model_type") not in CONFIG_MAPPING:
+                raise ConfigError(
+                    f"signals.sentiment.model_dir: {folder}: model_type {raw.get('model_type')!r} needs code "
+                    f"shipped in the folder, and newsbt runs none: use a standard transformers architecture")
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                folder, local_files_only=True, trust_remote_code=False, output_loading_info=True)
+            missing, unexpected = list(info.get("missing_keys", ())), list(info.get("unexpected_keys", ()))
+            missing += [str(key[0] if isinstance(key, tuple) else key) for key in info.get("mismatched_keys", ())]
+            tokenizer_config = model.config
+        if missing or unexpected:
+            raise _head_mismatch(folder, missing, unexpected)
+        # Given the config, AutoTokenizer does not read config.json itself (whose auto_map would make it ask, on a
+        # terminal, whether to run the folder's code).
+        tokenizer = AutoTokenizer.from_pretrained(folder, config=tokenizer_config, local_files_only=True,
+                                                  trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"signals.sentiment.model_dir: cannot load the model in {folder}: {_first_line(error)}") from None
     return model.eval(), tokenizer
 
 
@@ -153,17 +260,28 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)  # size and mtime only key the memo: a rewritten file is hashed again
 
 
+# Every file a Hugging Face tokenizer may read from a model folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
-    """SHA-256 of the model's weights file and config (memoised by size and mtime).
+    """SHA-256 of the model's weights file (memoised by size and mtime), of its config's content (the
+    architecture, the encoder's settings and the labels) and of its tokenizer files: all of them change scores. The entries that only point
+    stock transformers at the shipped code are left out (newsbt runs its own copy of that code), so upgrading a
+    folder to the remote-code format keeps its fingerprint and its cached scores.
 
     >>> model_fingerprint("data/models/sentiment-minilm")[:12]
     """
     folder = Path(model_dir)
-    parts = []
-    for path in (_weights_file(folder), folder / "config.json"):
-        stat = path.stat()
-        parts.append(_file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
-    return fingerprint(*parts)
+    weights = _weights_file(folder)
+    stat = weights.stat()
+    weights_sha = _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+    # The previous format's config.json bytes exactly: that format's fingerprints (and caches) still hold.
+    config_sha = hashlib.sha256(_json_text(_encoder_form(_read_config(folder))).encode("utf-8")).hexdigest()
+    # The tokenizer turns text into the ids the weights read: another vocabulary or normaliser changes scores.
+    tokenizer_shas = {name: file_sha256(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
+    return fingerprint(weights_sha, config_sha, tokenizer_shas)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -218,10 +336,7 @@ class _Scorer:
         if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
             limits.append(tokenizer.model_max_length)
         self.max_length = int(min(limits))
-        names = {str(name).lower(): int(index) for index, name in model.config.id2label.items()}
-        if "positive" not in names or "negative" not in names:
-            raise ConfigError(f"signals.sentiment.model_dir: labels {sorted(names)} lack 'positive'/'negative'")
-        self.label_index = names
+        self.label_index = sentiment_labels(model.config.id2label)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.model = _in_precision(model, mode, device)
 
@@ -297,8 +412,8 @@ class _Scorer:
         positive = probabilities[:, self.label_index["positive"]]
         if "neutral" in self.label_index:
             neutral = probabilities[:, self.label_index["neutral"]]
-        else:
-            neutral = 1 - negative - positive
+        else:  # a 2-class model has no neutral class
+            neutral = np.zeros(len(probabilities))
         return pd.DataFrame({"negative": negative, "neutral": neutral, "positive": positive, "truncated": truncated})
 
 
@@ -589,4 +704,34 @@ def provider(model_dir: str, base_model: str | None, training: Training, batch_s
 
     folder = ensure_model(project_path(model_dir), base=base_model, data_roots=list(context.data_roots),
                           recipe=training["recipe"], precision=training["precision"], device=training["device"])
+    _upgrade_or_explain(Path(folder))
     return TransformerProvider(folder, context.cache_root, batch_size, max_length, precision, threads, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``python -m signals.transformer --upgrade FOLDER`` rewrites a model folder of newsbt's
+    previous format so stock transformers loads it (``upgrade_folder``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m signals.transformer", description=main.__doc__.split("``")[0])
+    parser.add_argument("--upgrade", metavar="FOLDER", required=True,
+                        help="model folder written by an older newsbt (config.json model_type of the encoder)")
+    args = parser.parse_args(argv)
+    try:
+        folder = Path(args.upgrade)
+        if upgrade_folder(folder):
+            print(f"{folder}: added {MODELING_FILE} and auto_map to config.json (weights unchanged); load it with "
+                  f"pipeline(\"text-classification\", model=\"{folder}\", trust_remote_code=True)")
+        else:
+            print(f"{folder}: nothing to upgrade (not a mean-pooling model of newsbt's previous format)")
+    except OSError as error:
+        print(f"newsbt: error: --upgrade {args.upgrade}: cannot write ({_first_line(error)})", file=sys.stderr)
+        return 2
+    except NewsbtError as error:
+        print(f"newsbt: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,18 +50,26 @@ def _phrasebank_slice() -> pd.DataFrame:
     return unique
 
 
-def _tiny_model(folder: Path, sentences: list[str], seed: int = 0) -> tuple[MeanPoolingClassifier, BertTokenizer]:
-    """A random 2-layer BERT (hidden 32) whose vocabulary is the words of ``sentences``, saved in ``folder``."""
+def _tiny_tokenizer(folder: Path, sentences: list[str], **options) -> BertTokenizer:
+    """A WordPiece tokenizer whose vocabulary is the words of ``sentences`` (vocab.txt written in ``folder``)."""
     words = Counter(w for s in sentences for w in s.lower().replace(",", " ").replace(".", " ").split())
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [w for w, _ in words.most_common(600)]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer.from_pretrained(str(folder))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, num_labels=3,
-                        id2label=dict(enumerate(LABELS)), label2id={l: i for i, l in enumerate(LABELS)})
+    return BertTokenizer.from_pretrained(str(folder), **options)
+
+
+def _tiny_config(vocab_size: int, labels=LABELS) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                      id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+
+
+def _tiny_model(folder: Path, sentences: list[str], seed: int = 0) -> tuple[MeanPoolingClassifier, BertTokenizer]:
+    """A random 2-layer BERT (hidden 32) whose vocabulary is the words of ``sentences``, saved in ``folder``."""
+    tokenizer = _tiny_tokenizer(folder, sentences)
     torch.manual_seed(seed)
-    model = MeanPoolingClassifier(config).eval()
+    model = MeanPoolingClassifier(_tiny_config(tokenizer.vocab_size)).eval()
     save_classifier(model, tokenizer, folder)
     return model, tokenizer
 
@@ -557,3 +565,321 @@ def test_default_training_is_fp32_whatever_the_cpu(tmp_path, monkeypatch):
     bf16 = _train_tiny(tmp_path, "bf16", precision="bf16")
     assert not all(torch.equal(runs[0][name], bf16[name]) for name in runs[0])
     assert finetune.model_folder("m", finetune.model_identity(precision="bf16")) != Path("m")
+
+
+# -- model folders: stock transformers loads newsbt's, newsbt loads stock ones -----------------------------------
+# Short texts (under 32 tokens): a stock pipeline does not truncate, and the provider's limit must not bind.
+SHORT_TEXTS = [
+    "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .",
+    "Net sales decreased by 5 % .",
+    "The company will hold its annual general meeting on Tuesday .",
+    "Finnish Nokia will cut 1,000 jobs .",
+    "The shares rose 2 % in Helsinki .",
+]
+
+
+def _pipeline_probabilities(folder: Path, texts: list[str], **options) -> list[dict[str, float]]:
+    """{label: probability} per text from a stock transformers pipeline, softmax over every label."""
+    from transformers import pipeline
+
+    classify = pipeline("text-classification", model=str(folder), device="cpu", **options)
+    with _one_thread():
+        rows = classify(texts, top_k=None, function_to_apply="softmax")
+    return [{row["label"]: row["score"] for row in rows_of_text} for rows_of_text in rows]
+
+
+def _provider_sentiment(folder: Path, cache_root: Path, texts: list[str]) -> np.ndarray:
+    frame = _provider(folder, cache_root).transform(_one_text_per_ticker(texts))
+    return _sentiment_in_text_order(frame, len(texts))
+
+
+def test_saved_folder_loads_in_a_stock_pipeline_with_the_providers_probabilities(tiny_dir, tmp_path):
+    assert max(len(tokens) for tokens in _loaded(tiny_dir)[1](SHORT_TEXTS)["input_ids"]) < 32
+    stock = _pipeline_probabilities(tiny_dir, SHORT_TEXTS, trust_remote_code=True)
+    expected = np.array([[row[label] for label in LABELS] for row in stock])
+    model, tokenizer = _loaded(tiny_dir)
+    newsbt = _Scorer(model, tokenizer, torch.device("cpu"), "fp32", 32).score(SHORT_TEXTS, 8)
+    assert np.abs(newsbt[PROBABILITY_COLUMNS].to_numpy() - expected).max() < 1e-5
+    assert np.abs(_provider_sentiment(tiny_dir, tmp_path, SHORT_TEXTS) - (expected[:, 2] - expected[:, 0])).max() < 1e-5
+    # The stock Auto class too, in eval mode, with every weight from the file (a random head misses by ~0.05).
+    from transformers import AutoModelForSequenceClassification
+
+    auto = AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), trust_remote_code=True)
+    assert not auto.training and type(auto).__name__ == "MeanPoolingClassifier"
+    encoded = tokenizer(SHORT_TEXTS[:1], return_tensors="pt")
+    with torch.no_grad(), _one_thread():
+        assert np.abs(torch.softmax(auto(**encoded).logits, -1)[0].numpy() - expected[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize("trust_remote_code", [None, False])
+def test_saved_folder_without_trust_remote_code_raises_never_a_random_head(tiny_dir, monkeypatch, trust_remote_code):
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    import transformers.dynamic_module_utils as dynamic
+
+    # On a terminal transformers first asks whether to run the folder's code (answering "no" raises the same
+    # error); CI's setting (no question) makes this test the same with and without ``pytest -s``.
+    monkeypatch.setattr(dynamic, "TIME_OUT_REMOTE_CODE", 0)
+    options = {} if trust_remote_code is None else {"trust_remote_code": trust_remote_code}
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        AutoModelForSequenceClassification.from_pretrained(str(tiny_dir), **options)
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        pipeline("text-classification", model=str(tiny_dir), **options)
+
+
+def test_newsbt_never_runs_or_asks_to_run_a_folders_code(tmp_path, monkeypatch):
+    import builtins
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(_tiny_dir_for(tmp_path), folder)
+    (folder / transformer_module.MODELING_FILE).write_text("raise RuntimeError('ran the folder code')\n")
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda prompt="": asked.append(prompt) or "n")
+    model, tokenizer = load_classifier(folder)  # newsbt's own copy of the class
+    assert type(model) is MeanPoolingClassifier and tokenizer("profit rose")["input_ids"][0] == tokenizer.cls_token_id
+    assert asked == []  # transformers asks on a terminal before running a folder's code: never from newsbt
+
+
+def _tiny_dir_for(tmp_path: Path) -> Path:
+    folder = tmp_path / "tiny"
+    _tiny_model(folder, ["profit rose", "loss widened"])
+    return folder
+
+
+def _save_like_the_previous_format(model: MeanPoolingClassifier, tokenizer, folder: Path) -> None:
+    """save_classifier as it was before the remote-code format: the encoder's config, the class's weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = ["MeanPoolingClassifier"]
+    model.config.save_pretrained(folder)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save_pretrained(folder)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_previous_format_folder_keeps_its_scores_and_fingerprint_when_upgraded(tmp_path, monkeypatch):
+    from engine.cache import fingerprint
+
+    sentences = _phrasebank_slice()["sentence"].head(400).tolist()
+    tokenizer = _tiny_tokenizer(tmp_path / "vocab", sentences)
+    torch.manual_seed(3)
+    model = MeanPoolingClassifier(_tiny_config(tokenizer.vocab_size)).eval()
+    old = tmp_path / "old"
+    _save_like_the_previous_format(model, tokenizer, old)
+    assert json.loads((old / "config.json").read_text())["model_type"] == "bert"
+    weights_sha = _sha256(old / "model.safetensors")
+    # Weights file, the previous format's config file and the tokenizer files: upgrading changes none of them.
+    tokenizer_shas = {name: _sha256(old / name) for name in transformer_module.TOKENIZER_FILES if (old / name).is_file()}
+    assert tokenizer_shas
+    previous_fingerprint = fingerprint(weights_sha, _sha256(old / "config.json"), tokenizer_shas)
+    assert transformer_module.model_fingerprint(old) == previous_fingerprint
+    texts = _phrasebank_slice()["sentence"].head(30).tolist()
+    before = _provider(old, tmp_path / "cache").transform(_one_text_per_ticker(texts))
+
+    # A folder without newsbt's model card is left alone, with the one command that upgrades it.
+    with pytest.warns(UserWarning, match=rf"python -m signals\.transformer --upgrade {old}"):
+        transformer_module._upgrade_or_explain(old)
+    assert not (old / transformer_module.MODELING_FILE).exists()
+    (old / "model_card.json").write_text("{}", encoding="utf-8")  # as signals.finetune writes one
+    transformer_module._upgrade_or_explain(old)
+    config = json.loads((old / "config.json").read_text())
+    assert config["model_type"] == "newsbt_mean_pooling" and config["encoder_model_type"] == "bert"
+    assert (old / config["auto_map"]["AutoModelForSequenceClassification"].split(".")[0]).with_suffix(".py").is_file()
+    assert _sha256(old / "model.safetensors") == weights_sha
+    assert transformer_module.model_fingerprint(old) == previous_fingerprint
+    assert not transformer_module.upgrade_folder(old)  # once is enough
+    transformer_module._load_cached.cache_clear()
+    again = _provider(old, tmp_path / "cache")
+    after = again.transform(_one_text_per_ticker(texts))
+    assert again.stats_["cache_hits"] == len(texts) and again.stats_["scored"] == 0  # same cache key
+    rescored = _provider(old, tmp_path / "fresh-cache")
+    pd.testing.assert_frame_equal(rescored.transform(_one_text_per_ticker(texts)), before, check_exact=True)
+    pd.testing.assert_frame_equal(after, before, check_exact=True)
+    # And now a stock pipeline gives the same probabilities.
+    stock = _pipeline_probabilities(old, SHORT_TEXTS, trust_remote_code=True)
+    expected = np.array([row["positive"] - row["negative"] for row in stock])
+    assert np.abs(_provider_sentiment(old, tmp_path / "cache", SHORT_TEXTS) - expected).max() < 1e-5
+
+
+def test_upgrade_command(tmp_path, capsys):
+    tokenizer = _tiny_tokenizer(tmp_path / "model", ["profit rose", "loss widened"])
+    _save_like_the_previous_format(MeanPoolingClassifier(_tiny_config(tokenizer.vocab_size)), tokenizer,
+                                   tmp_path / "model")
+    assert transformer_module.main(["--upgrade", str(tmp_path / "model")]) == 0
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == "newsbt_mean_pooling"
+    assert transformer_module.main(["--upgrade", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith(f"newsbt: error: signals.sentiment.model_dir: no model in")
+
+
+def _remove_from_weights(folder: Path, prefix: str, extra: dict[str, torch.Tensor] | None = None) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = {name: tensor for name, tensor in load_file(str(folder / "model.safetensors")).items()
+             if not name.startswith(prefix)}
+    save_file(state | (extra or {}), str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _one_line_config_error(folder: Path) -> str:
+    with pytest.raises(ConfigError) as raised:
+        load_classifier(folder)
+    message = str(raised.value)
+    assert "\n" not in message and str(folder) in message
+    return message
+
+
+def test_load_classifier_refuses_weights_that_do_not_cover_the_model(tmp_path):
+    import shutil
+
+    _tiny_model(tmp_path / "model", ["profit rose", "loss widened"])
+    headless = tmp_path / "headless"
+    shutil.copytree(tmp_path / "model", headless)
+    _remove_from_weights(headless, "classifier.")
+    assert "missing classifier.bias, classifier.weight" in _one_line_config_error(headless)
+    extra = tmp_path / "extra"
+    shutil.copytree(tmp_path / "model", extra)
+    _remove_from_weights(extra, "no-such-prefix", {"pooler.dense.weight": torch.zeros(2, 2)})
+    assert "unexpected pooler.dense.weight" in _one_line_config_error(extra)
+    # A stock encoder folder (no classification head) named as a classifier: transformers alone would give it a
+    # random head with a warning.
+    from transformers import BertModel
+
+    encoder_only = tmp_path / "encoder-only"
+    tokenizer = _tiny_tokenizer(encoder_only, ["profit rose", "loss widened"])
+    BertModel(_tiny_config(tokenizer.vocab_size)).save_pretrained(encoder_only)
+    tokenizer.save_pretrained(encoder_only)
+    assert "missing classifier.bias, classifier.weight" in _one_line_config_error(encoder_only)
+
+
+def _stock_classifier(folder: Path, architecture: str, labels: tuple[str, ...], seed: int) -> Path:
+    """A stock transformers sequence classifier with random weights, saved the standard way."""
+    import transformers
+
+    sentences = _phrasebank_slice()["sentence"].head(400).tolist()
+    if architecture == "distilbert":
+        tokenizer = _tiny_tokenizer(folder, sentences, model_input_names=["input_ids", "attention_mask"])
+        config = transformers.DistilBertConfig(
+            vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+            max_position_embeddings=64, id2label=dict(enumerate(labels)),
+            label2id={label: index for index, label in enumerate(labels)})
+        model_class = transformers.DistilBertForSequenceClassification
+    else:
+        tokenizer = _tiny_tokenizer(folder, sentences)
+        config = _tiny_config(tokenizer.vocab_size, labels)
+        model_class = transformers.BertForSequenceClassification
+    torch.manual_seed(seed)
+    model_class(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("architecture, labels, positive, negative", [
+    ("bert", ("Positive", "NEUTRAL", "negative"), "Positive", "negative"),  # unusual order and case
+    ("distilbert", ("bearish", "Bullish"), "Bullish", "bearish"),  # 2 classes: P(neutral) = 0
+])
+def test_any_standard_classifier_folder_scores_with_labels_mapped_by_name(tmp_path, architecture, labels, positive,
+                                                                          negative):
+    folder = _stock_classifier(tmp_path / "model", architecture, labels, seed=5)
+    stock = _pipeline_probabilities(folder, SHORT_TEXTS)  # a standard architecture: no remote code involved
+    expected = np.array([row[positive] - row[negative] for row in stock])
+    assert np.abs(expected).max() > 1e-3  # the labels' order matters: a wrong mapping would show
+    assert np.abs(_provider_sentiment(folder, tmp_path / "cache", SHORT_TEXTS) - expected).max() < 1e-5
+    model, tokenizer = load_classifier(folder)
+    scores = _Scorer(model, tokenizer, torch.device("cpu"), "fp32", 32).score(SHORT_TEXTS, 8)
+    neutral = [row.get("NEUTRAL", 0.0) for row in stock]
+    assert np.abs(scores["neutral"].to_numpy() - neutral).max() < 1e-5
+
+
+@pytest.mark.parametrize("labels", [
+    ("LABEL_0", "LABEL_1", "LABEL_2"),  # no names
+    ("positive", "bullish", "negative"),  # two labels for one meaning
+    ("up", "down"),
+])
+def test_a_folder_whose_labels_do_not_map_is_a_config_error_listing_them(tmp_path, labels):
+    folder = _stock_classifier(tmp_path / "model", "bert", labels, seed=0)
+    message = _one_line_config_error(folder)
+    assert all(repr(label) in message for label in labels) and "cannot map the labels" in message
+
+
+def test_model_fingerprint_covers_weights_labels_and_tokenizer(tmp_path):
+    folder = _stock_classifier(tmp_path / "model", "bert", ("negative", "neutral", "positive"), seed=0)
+    base = transformer_module.model_fingerprint(folder)
+    config = json.loads((folder / "config.json").read_text())
+    swapped = config | {"id2label": {"0": "positive", "1": "neutral", "2": "negative"}}
+    (folder / "config.json").write_text(json.dumps(swapped, indent=2, sort_keys=True) + "\n")
+    assert transformer_module.model_fingerprint(folder) != base  # same weights, scores change sign
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    assert transformer_module.model_fingerprint(folder) == base
+    tokenizer_files = [folder / name for name in transformer_module.TOKENIZER_FILES if (folder / name).is_file()]
+    assert tokenizer_files
+    for path in tokenizer_files:  # another normaliser or vocabulary turns the same text into other ids
+        original = path.read_bytes()
+        path.write_bytes(original.replace(b"lowercase", b"lowercasE") if b"lowercase" in original else original + b" ")
+        assert transformer_module.model_fingerprint(folder) != base, path.name
+        path.write_bytes(original)
+    assert transformer_module.model_fingerprint(folder) == base
+    _remove_from_weights(folder, "no-such-prefix", {"extra": torch.zeros(1)})
+    assert transformer_module.model_fingerprint(folder) != base
+
+
+@pytest.mark.skipif(not (REAL_MODEL / "model.safetensors").is_file(), reason="no fine-tuned model in data/models")
+def test_real_model_folder_upgraded_keeps_its_fingerprint_and_loads_in_a_stock_pipeline(tmp_path):
+    # A copy of data/models/sentiment-minilm (in whichever format it is here), upgraded: its fingerprint (the text
+    # cache's key) is the real folder's, and a stock pipeline gives the provider's scores.
+    copy = tmp_path / "sentiment-minilm"
+    copy.mkdir()
+    for path in REAL_MODEL.iterdir():
+        if path.name in ("config.json", "model_card.json") or path.suffix == ".py":
+            (copy / path.name).write_bytes(path.read_bytes())
+        elif path.is_file():
+            (copy / path.name).symlink_to(path)
+    transformer_module.upgrade_folder(copy)
+    assert transformer_module.model_fingerprint(copy) == transformer_module.model_fingerprint(REAL_MODEL)
+    stock = _pipeline_probabilities(copy, SHORT_TEXTS, trust_remote_code=True)
+    expected = np.array([row["positive"] - row["negative"] for row in stock])
+    frame = _default_provider(REAL_MODEL, tmp_path / "cache", threads=1).transform(_one_text_per_ticker(SHORT_TEXTS))
+    assert np.abs(_sentiment_in_text_order(frame, len(SHORT_TEXTS)) - expected).max() < 1e-5
+
+
+def test_a_loaded_model_saved_again_is_the_same_model(tiny_dir, tmp_path):
+    # signals.finetune saves models it loaded and changed (LoRA merged, further training): nothing is lost on the way.
+    model, tokenizer = load_classifier(tiny_dir)
+    save_classifier(model, tokenizer, tmp_path / "again")
+    saved_again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert saved_again == json.loads((tiny_dir / "config.json").read_text())
+    assert transformer_module.model_fingerprint(tmp_path / "again") == transformer_module.model_fingerprint(tiny_dir)
+    assert (tmp_path / "again" / transformer_module.MODELING_FILE).read_bytes() == \
+        (ROOT / "signals" / "modeling_newsbt.py").read_bytes()
+
+
+def test_a_folder_needing_its_own_code_is_refused(tmp_path):
+    # Only newsbt's own format names code in its config; any other such folder would run unknown code.
+    folder = _stock_classifier(tmp_path / "model", "bert", ("negative", "neutral", "positive"), seed=0)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"model_type": "someone_elses", "auto_map": {
+        "AutoModelForSequenceClassification": "modeling_x.Classifier"}}))
+    assert "model_type 'someone_elses' needs code shipped in the folder" in _one_line_config_error(folder)
+
+
+def test_a_previous_format_folder_that_cannot_be_written_is_left_as_it_is_with_the_command(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    tokenizer = _tiny_tokenizer(folder, ["profit rose", "loss widened"])
+    _save_like_the_previous_format(MeanPoolingClassifier(_tiny_config(tokenizer.vocab_size)), tokenizer, folder)
+    (folder / "model_card.json").write_text("{}", encoding="utf-8")
+    config_before = (folder / "config.json").read_bytes()
+
+    def read_only(text, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(transformer_module, "write_text_atomic", read_only)
+    with pytest.warns(UserWarning, match=r"cannot be written \(Permission denied\).*--upgrade"):
+        transformer_module._upgrade_or_explain(folder)
+    assert (folder / "config.json").read_bytes() == config_before
+    assert load_classifier(folder)[0].config.model_type == "newsbt_mean_pooling"  # still loads, as before
