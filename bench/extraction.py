@@ -130,16 +130,17 @@ def items_per_second(linker: TickerLinker, texts: list[str], repeats: int = 3) -
 
 def _print_score(title: str, result: dict) -> None:
     methods = ", ".join(f"{m} {n} ({r / n:.3f})" for m, (n, r) in result["by_method"].items())
+    audited = "" if result["precision_audited"] is None else f"  audited precision {result['precision_audited']:.4f}"
     print(
-        f"  {title:<28} links {result['links']:>6}  precision {result['precision']:.4f} "
-        f"({result['right']}/{result['links']})  "
-        f"(folder only {result['precision_folder_only']:.4f})  recall {result['recall']:.4f}"
+        f"  {title:<28} links {result['links']:>6}  precision by label {result['precision']:.4f} "
+        f"({result['right']}/{result['links']}){audited}  recall {result['recall']:.4f}"
     )
-    print(f"  {'':<28} by method (links, precision): {methods or 'none'}")
+    print(f"  {'':<28} folder ticker only {result['precision_folder_only']:.4f}; "
+          f"by method (links, precision by label): {methods or 'none'}")
     if result["precision_audited"] is not None:
         print(
-            f"  {'':<28} precision with hand-judged disagreements {result['precision_audited']:.4f} "
-            f"({result['unjudged']} links outside the labels not judged, counted wrong)"
+            f"  {'':<28} audited: links outside the labels take their verdict in {AUDIT.name} "
+            f"({result['unjudged']} not judged, counted wrong)"
         )
 
 

@@ -115,8 +115,8 @@ _ROLES = (r"(?:CEO|CFO|COO|CTO|chief executive|chief financial officer|chief ope
 _PRODUCT_NAMES = (r"(?:iPhones?(?: ?\d\w*)?|iPads?|iPods?|iMac|MacBook|iOS|OS X|iWatch|iCloud|iTunes|App Store|Kindle|FirePhone"
                   r"|Fire (?:phone|Phone|TV)|Alexa|AWS|Xbox|Azure|Bing|Skype|Cortana|HoloLens|Lumia|Android|Chromecast|Gmail"
                   r"|Instagram|WhatsApp|Oculus|Dreamliner|7[3-8]7|(?:Apple|Amazon|Microsoft|Google|Samsung|Facebook|\$TKR)(?:'s)?"
-                  r" (?:new )?(?:Watch|watch|Pay|Music|TV|Store|Prime|Echo|Surface|Office|Windows|Glass|Fiber|Galaxy|Messenger"
-                  r"|Maps|Now)|Prime (?:Now|Video|Instant|Air|Day)|Office 365|Windows \d+)")
+                  r" (?:new )?(?:Watch|watch(?! (?:us|me|this|it|out|for|how|list)\b)|Pay|Music|TV|Store|Prime|Echo"
+                  r"|Surface|Office|Windows|Glass|Fiber|Galaxy|Messenger|Maps|Now)|Prime (?:Now|Video|Instant|Air|Day)|Office 365|Windows \d+)")
 _PRODUCT_NOUNS = (r"(?:smartphones?|tablets?|laptops?|gadgets?|apps?|smartwatch(?:es)?|cloud service|streaming service"
                   r"|mobile payments?|ad blocker|self-driving cars?)")
 
@@ -204,7 +204,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"(?! (?i:stock|shares|calls|puts)\b)",
         r"\b(?:takeover|take-over|buyout)s? (?:bid|offer|talks|rumou?rs?|target|battle|deal|approach|odds|powers)\b",
         r"\b(?:takeover|buyout) of (?:\S+ ){0,3}(?:company|firm|chain|group|bank|business|maker|operator|retailer|carrier|unit)\b",
-        r"\b(?:hostile|friendly|\$\d[\d.,]* ?(?:billion|bn|million|m)) (?:takeover|buyout|deal|acquisition|purchase)\b",
+        r"(?:\b(?:hostile|friendly)|\$\d[\d.,]* ?(?:billion|bn|million|m)) (?:takeover|buyout|deal|acquisition|purchase)\b",
         r"\b(?:buyout|mega[- ]?merger|mergers?)\b",
         _CASED + r"\b(?i:(?:joint )?bids? (?:for|on)) [A-Z]", r"\b(?:spin[- ]?off|spins off|divest(?:s|iture|ing)?)\b",
         r"\b(?:stake|holding) in (?!(?:society|the (?:game|future))\b)",
@@ -238,11 +238,11 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\breleas(?:es|ed|ing) (?:a |an |its |their |the )?new\b|\breleas(?:es|ed|ing) (?:\S+ ){0,2}(?:app|update|version"
         r"|phone|device|feature|product|ad blocker|software|service|game|beta|preview|clone)s?\b",
         r"\b(?:pre-?orders?|recalls?|recalled|outage|release date|new features?|update[sd]? (?:app|its)|(?:app|software) update)\b",
-        r"\b(?:contract|contracts|orders? for|wins? .{0,20}(?:deal|contract|order)|licens(?:e|ing) (?:deal|agreement)"
+        r"\b(?:contract|contracts|(?<!in )orders? for|wins? .{0,20}(?:deal|contract|order)|licens(?:e|ing) (?:deal|agreement)"
         r"|rights to|acquires (?:\S+ ){0,4}rights)\b",
         _COMPANY + r"\b(?:partnership|partners with|partner(?:s|ing)? (?:with|on)|teams up|joint venture)\b",
         r"\bpatent (?:issued|application|granted|filing|for)\b|\b(?:granted|awarded|files?(?: for)?|wins?|receives?) (?:an? |new )?patent\b",
-        _WEAK + _CASED + r"\b" + _PRODUCT_NAMES + r"\b", _WEAK + r"\b" + _PRODUCT_NOUNS + r"\b",
+        _WEAK + _CASED + r"(?:\b|(?=\$))" + _PRODUCT_NAMES + r"\b", _WEAK + r"\b" + _PRODUCT_NOUNS + r"\b",
     ),
     "management_change": _compile(
         r"\b" + _ROLES + r"s?\b.{0,40}\b(?:resign(?:s|ed|ing|ation)?|steps? down|stepping (?:down|aside)"
@@ -270,15 +270,16 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:FOMC|Federal Reserve|ECB|BoJ|Bank of Japan|Bank of England|PBOC|central banks?|interest rates?"
         r"|rate (?:hike|cut|rise|increase)s?|inflation|deflation|GDP|recession|unemployment|jobless|jobs (?:report|data|day)"
         r"|nonfarm|payrolls|economy|economies|austerity|stimulus|quantitative easing|bail[- ]?outs?|economists?|debt crisis|sovereign"
-        r"|defaults? on|budget deficit|trade deficit|tariffs?|currenc(?:y|ies)|yuan|rouble|ruble|euro ?zone|oil prices?"
+        r"|defaults? on|budget deficit|trade deficit|tariffs?|currenc(?:y|ies)|(?<!\d )(?:yuan|rouble|ruble)|euro ?zone|oil prices?"
         r"|crude|Brent|commodit(?:y|ies)|stock markets?|bond yields?|treasur(?:y|ies)|junk status|IMF|World Bank"
         r"|money managers|fund managers|sanctions|free trade|trade (?:deal|pact|agreement|war)s?|wages?|general strike)\b",
         r"\b(?:copper|oil|gold|silver|gas|iron ore|wheat|crude|commodity|electricity|food|fuel|petrol|energy|housing|home)"
         r" prices?\b|\bprices? of (?:electricity|food|fuel|petrol|gas|bread|oil)\b",
         r"\beconomic (?:growth|crisis|slowdown|recovery|data|policy|policies|impact|turmoil|collapse|boom|downturn|outlook"
         r"|stimulus|reforms?|sanctions|war|meltdown|troubles|woes|depression|recession|effects?)\b",
-        r"\b(?:markets?|stocks|shares|equities|futures|Nasdaq)\b (?:\S+ )?(?:rally|rallies|fall|falls|fell|crash\w*|sell-?off"
-        r"|tumble\w*|plunge\w*|slide\w*|slump\w*|drop\w*|surge\w*|gain\w*|higher|lower|rise|rises|rose|jump\w*|sink\w*"
+        r"\b(?:markets?|stocks|(?:(?:world|global|asian|european|emerging[- ]market|u\.?s\.?|japanese|chinese|british"
+        r"|german|french|indian|russian|greek) )shares|equities|futures|Nasdaq)\b (?:\S+ )?(?:rally|rallies|fall|falls|fell"
+        r"|crash\w*|sell-?off|tumble\w*|plunge\w*|slide\w*|slump\w*|drop\w*|surge\w*|gain\w*|higher|lower|rise|rises|rose|jump\w*|sink\w*"
         r"|screaming|weigh\w*|dragged|lifted|buoyed|pressured|trim\w*)\b",
         _WEAK + r"\b(?:the |broad )?market (?:correction|sell-?off|rally|review|wrap|snapshot|update)\b|\bwith the market\b"
         r"|\bmkts?\b",
@@ -308,16 +309,18 @@ _CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z.]{0,6}\b")
 # A run of hashtags and cashtags closing a tweet tags it; it does not say what happened.
 _TRAILING_TAGS = re.compile(r"(?:\s+(?:#\w+|\$TKR|…|\.\.\.|[|~:-]))+\s*$")
 _DEAL_REVIEW = _compile(r"\b(?:approv\w*|clear(?:s|ed|ance)|block(?:s|ed)?|review\w*|conditions)\b")
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
 _RANK = {name: position for position, name in enumerate(PRIORITY)}
 
 
 def _as_text(value: Any) -> str:
-    """A raw news text as one line: None and NaN are "", HTML entities decoded, whitespace squeezed."""
+    """A raw news text as one line: None and NaN are "", HTML entities decoded, whitespace squeezed, typographic
+    apostrophes written as ' (the patterns' "Moody's", "Apple's")."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return ""
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("utf-8", "replace")
-    return _SPACE.sub(" ", html.unescape(str(value))).strip()
+    return _SPACE.sub(" ", html.unescape(str(value))).strip().translate(_APOSTROPHES)
 
 
 def _without_links(text: str) -> str:

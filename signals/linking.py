@@ -5,11 +5,13 @@ Four methods, strongest first: ``cashtag`` ($AAPL, any case), ``exchange`` (NASD
 IT, A, GE never link bare) and ``name`` (names and aliases at word boundaries, legal suffixes such as Inc., Corp.,
 plc stripped). A name that is an ordinary English word (Apple, Target, Gap, Visa, Oracle; Boeing is not one)
 links when written as in the master and either followed by a legal suffix ("Apple Inc") or in an item with a
-finance cue (shares, earnings, CEO, a price, a percentage...); the core of a registered name that is an ordinary
-word ("Target" of "Target Corporation") links only with its suffix. An item that carries cashtags or
-exchange-qualified symbols is taken at its word: names and bare symbols link only untagged items. One
-Aho-Corasick automaton (pyahocorasick) finds all names and symbols in one pass. There is no named-entity
-recogniser: no English spaCy pipeline installs from PyPI under its own name.
+finance cue (shares, earnings, CEO, a price, a percentage...) that is no shop advert ("Check out this Amazon deal!");
+the core of a registered name that is an ordinary word ("Target" of "Target Corporation") links only with its
+suffix. Names inside links (https://facebook.com/...) and names used as a channel ("follow us on Facebook", "join
+our Facebook group") are no mentions. An item that carries cashtags or exchange-qualified symbols is taken at
+its word: names and bare symbols link only untagged items. One Aho-Corasick automaton (pyahocorasick) finds all
+names and symbols in one pass. There is no named-entity recogniser: no English spaCy pipeline installs from the
+package indexes (en-core-web-sm is not on PyPI).
 
 >>> from engine.securities import stocknet_master
 >>> TickerLinker(stocknet_master(), universe=["AAPL", "MSFT"]).link(["Apple Inc. and Microsoft beat"])
@@ -54,6 +56,24 @@ _FINANCE_CUE = re.compile(
     r"rall(?:y|ies|ied)|surges?|surged|jumps?|jumped|plunges?|plunged|slumps?|fell|falls|rose|rises|gains?|"
     r"losses|results|reports?|reported|billion|million|bn|mln|valued|buy|sell|short|long|bid|layoffs?|"
     r"sec|ftc|regulators?|launch(?:es|ed)?|unveils?|unveiled)(?![\w])|\d%|\d\s?percent|\$\s?\d"
+)
+# Addresses: a name inside a link (https://facebook.com/..., www.apple.com) is where something is, not a mention.
+_URL = re.compile(r"(?:https?://|www\.|pic\.twitter\.com/)\S*", re.IGNORECASE)
+# A name used as a channel: "Follow us on Facebook", "contact us via twitter or Facebook", "Join the XYZ Facebook
+# group" say where to find the writer, not anything about the company (searched in lower case, ending at the name).
+_CHANNEL_BEFORE = re.compile(
+    r"(?<![\w])(?:join|like|follow|contact|find|reach|message|friend|add|connect with|visit)\s+(?:us|me|@\w+)\s+"
+    r"(?:\w+\s+)?(?:on|via|at|through|thru|in)\s+(?:[\w.@]+\s+(?:or|and|&)\s+)?$"
+)
+_CHANNEL_INVITATION = re.compile(
+    r"(?<![\w])(?:join|like|follow|visit|check out)\s+(?:(?:our|my|the|this)\s+)?(?:[\w@#'.-]+\s+){0,2}$"
+)
+_CHANNEL_AFTER = re.compile(r"\s+(?:groups?|pages?|fan\s?pages?|profiles?|accounts?)(?![\w])")
+# A shop advert ("Check out this Amazon deal!", "Shop Amazon's Gold Box for our Deal of the Day") names a shop, and
+# its "deal", "buy" or "sales" are no finance cue: there a common-word name needs its legal suffix.
+_SHOP_CUE = re.compile(
+    r"(?:^|[^\w\s]\s*)shop\s+(?:now\s+|today\s+)?(?:at|on|the|our|\w+'s)\W|(?<![\w])(?:check out this|deals? of the day"
+    r"|gold box|lightning deals?|#black ?friday|#cyber ?monday|coupon codes?|promo codes?|free shipping)"
 )
 # Upper-case words news and tweets write that are also tickers somewhere; never linked bare.
 _ACRONYMS = frozenset(
@@ -275,6 +295,8 @@ class TickerLinker:
             previous[1] = min(previous[1], position)
 
     def _match_names(self, text: str, found: dict[str, list[int]]) -> None:
+        if "://" in text or "www." in text or "pic.twitter" in text:  # blank links out, keeping offsets
+            text = _URL.sub(lambda match: " " * len(match.group()), text)
         lower = text.lower()
         if len(lower) != len(text):  # a few characters (e.g. "İ") lower to two; keep offsets aligned
             lower = "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
@@ -307,15 +329,26 @@ class TickerLinker:
             taken.append((start, end))
             if len({e.company for e in entries}) > 1:
                 continue  # one alias, several companies: ambiguous
+            if entries[0].method == "name" and _is_channel(lower, start, end):
+                continue
             for entry in entries:
                 if entry.needs and not _FOLLOWING_SUFFIX.match(text, end):
                     if entry.needs == "suffix":
                         continue
-                    if evidence is None:  # the item is about business
-                        evidence = _FINANCE_CUE.search(lower) is not None
+                    if evidence is None:  # the item is about business, and no shop advert
+                        evidence = _FINANCE_CUE.search(lower) is not None and _SHOP_CUE.search(lower) is None
                     if not evidence:
                         continue
                 self._add(found, entry.ticker, 2 if entry.method == "symbol" else 3, start)
+
+
+def _is_channel(lower: str, start: int, end: int) -> bool:
+    """True when the name at ``lower[start:end]`` is where to find the writer ("like us on Facebook", "join our
+    Facebook group"), not the company."""
+    window = max(0, start - 60)
+    if _CHANNEL_BEFORE.search(lower, window, start) is not None:
+        return True
+    return _CHANNEL_AFTER.match(lower, end) is not None and _CHANNEL_INVITATION.search(lower, window, start) is not None
 
 
 def link_news(news: pd.DataFrame, linker: TickerLinker, mode: str) -> tuple[pd.DataFrame, dict]:

@@ -230,3 +230,24 @@ def test_securities_csv_missing_file_and_bad_encoding(tmp_path):
     path.write_bytes(b"ticker,name\nNSRGY,Soci\xe9t\xe9\n")
     with pytest.raises(DataError, match="line 2: cannot decode byte 0xe9"):
         read_securities_csv(path)
+
+
+def test_names_in_links_and_as_a_channel_are_no_mentions(linker):
+    # where to find the writer, not news about the company
+    assert one(linker, "Follow us on Facebook for more trading ideas") == []
+    assert one(linker, "Please contact us via twitter or Facebook") == []
+    assert one(linker, "Join the AppleInvestor Facebook Group for news and trade analysis") == []
+    assert one(linker, "Read more at https://www.facebook.com/groups/traders now") == []
+    # ...while the same words about the company still link
+    assert one(linker, "Bullish on Facebook, like us on Twitter") == [("FB", "name")]
+    assert one(linker, "Facebook group chats get ads, shares up") == [("FB", "name")]
+    assert one(linker, "Microsoft news http://t.co/AbCd") == [("MSFT", "name")]
+
+
+def test_shop_adverts_give_common_word_names_no_context(linker):
+    # "deal" and "buy" in an advert are no finance cue: Amazon the shop is not linked without its suffix
+    assert one(linker, "Check out this Amazon deal! #blackfriday") == []
+    assert one(linker, "<<-- Shop Amazon's Gold Box for our Deal of the Day") == []
+    assert one(linker, "Shop at Amazon.com Inc for the Deal of the Day") == [("AMZN", "name")]  # coinage, suffix
+    assert one(linker, "Amazon closes its deal for Twitch") == [("AMZN", "name")]
+    assert one(linker, "Amazon will now know how you shop offline, says a retail analyst") == [("AMZN", "name")]
