@@ -104,7 +104,8 @@ def _compile(*patterns: str) -> _Patterns:
 
 
 _COMPANY_CUE = _compile(
-    r"\$TKR|\b(?:Inc|Corp|Co|company|companies|firms?|plc|Ltd|LLC|maker|giant|bank|banks|ISPs?|industry|Apple|Google"
+    r"\$TKR|\b(?:Inc|Corp|Corporation|Co|company|companies|firms?|plc|Ltd|LLC|maker|manufacturers?|automakers?|carmakers?"
+    r"|airlines?|retailers?|start-?ups?|giant|bank|banks|ISPs?|industry|Apple|Google"
     r"|Alphabet|Microsoft|Amazon|Facebook|Samsung|Oracle|Uber|Twitter|YouTube|Boeing|Exxon|Coca-Cola|Coke|JPMorgan"
     r"|Walmart|Wal-Mart|Netflix|Intel|IBM|Sony|Nokia|Yahoo|Tesla|Ericsson|Motorola|Qualcomm)\b")
 
@@ -112,13 +113,13 @@ _COMPANY_CUE = _compile(
 _RATINGS = r"(?:buy|sell|hold|neutral|outperform|underperform|overweight|underweight|equal[- ]weight|market perform|sector perform)"
 _ROLES = (r"(?:CEO|CFO|COO|CTO|chief executive|chief financial officer|chief operating officer|chairman|chairwoman|boss"
           r"|head|executive|board member|director)")
-_PRODUCT_NAMES = (r"(?:iPhones?(?: ?\d\w*)?|iPads?|iPods?|iMac|MacBook|iOS|OS X|iWatch|iCloud|iTunes|App Store|Kindle|FirePhone"
-                  r"|Fire (?:phone|Phone|TV)|Alexa|AWS|Xbox|Azure|Bing|Skype|Cortana|HoloLens|Lumia|Android|Chromecast|Gmail"
+_PRODUCT_NAMES = (r"(?:iPhones?(?: ?\d\w*)?|iPads?|iPods?|iMac|MacBook|iOS(?: ?\d+)?|OS X|iWatch|iCloud|iTunes|App Store|Kindle|FirePhone"
+                  r"|Fire (?:phone|Phone|TV)|Alexa|AWS|Xbox|Azure|Bing|Skype|Cortana|HoloLens|Lumia|Android|Chromecast|G[Mm]ail"
                   r"|Instagram|WhatsApp|Oculus|Dreamliner|7[3-8]7|(?:Apple|Amazon|Microsoft|Google|Samsung|Facebook|\$TKR)(?:'s)?"
                   r" (?:new )?(?:Watch|watch(?! (?:us|me|this|it|out|for|how|list)\b)|Pay|Music|TV|Store|Prime|Echo"
                   r"|Surface|Office|Windows|Glass|Fiber|Galaxy|Messenger|Maps|Now)|Prime (?:Now|Video|Instant|Air|Day)|Office 365|Windows \d+)")
 _PRODUCT_NOUNS = (r"(?:smartphones?|tablets?|laptops?|gadgets?|apps?|smartwatch(?:es)?|cloud service|streaming service"
-                  r"|mobile payments?|ad blocker|self-driving cars?)")
+                  r"|mobile payments?|ad blocker|(?:self-driving|driverless|autonomous) cars?|new devices?)")
 
 # Items these match are `other` whatever else they contain: fund holdings from 13F filings, insider trades,
 # quote-bot templates, investing articles and stock-alert spam name an event word without reporting an event.
@@ -128,7 +129,7 @@ _OTHER = _compile(
     r".{0,40}\b(?:stake|position|holdings?|shares)\b",
     r"\binsiders?\b.{0,50}\b(?:sells?|sold|buys?|bought|selling|buying)\b",
     r"\b(?:Company Info|Day High|Day Low|52Wk (?:High|Low)|Financials|Market Cap|Message Board|% Change|Last Trade|Ask Size"
-    r"|Short Sales Updated)\b",
+    r"|Short Sales Updated|Bid Size|P/E Ratio)\b",
     _CASED + r"^\$?[A-Z][A-Z.]{0,5} [A-Z][\w.,&'() -]{0,60}?\b(?:Inc\.?|Corp\.?|Co\.|N\.?V\.?|plc|Ltd\.?|Trust|Shares"
     r"|Company|Group|Holdings|Class [A-C]|ETF) (?:Dividend|Change|Summary|Exchange|News|E\.P\.S\.|Open)\b",
     r"\b(?:at|since) (?:its |the |their )?(?:\d{4} |\$[\d.]+ )?(?:IPO|initial public offering)(?: price)?\b"
@@ -142,6 +143,8 @@ _OTHER = _compile(
     r"|received a new alert|Did you lose money|losing money on|Looking for more info|Keeping my Eye on|Market Parse)\b",
     r"\bAre you (?:looking|bearish|bullish|investing|putting|thinking|considering)\b|\bMarket Reports\b",
     r"\b(?:workers|unions?|machinists)\b.{0,30}\bcontracts?\b",
+    r"(?<!on )\b(?:CEOs?|executives?|directors|bosses|bankers)'? (?:pay|salar(?:y|ies)|earnings|compensation|bonus(?:es)?)\b"
+    r"|\b(?:pay|salar(?:y|ies)|compensation|bonus(?:es)?) (?:for|of) (?:top )?(?:CEOs?|executives?|directors|bosses|bankers)\b",
     r"\b(?:launched|founded|went public|released|introduced) \d+ years ago\b|\b\d+(?:st|nd|rd|th) anniversary\b",
 )
 
@@ -191,7 +194,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b" + _RATINGS + r"[\"”]? (?:rating|reiterated|maintained)\b",
         r"\b(?:strong buy|moderate buy|consensus buy|Zacks Rank|analyst picks?)\b",
         r"\brating (?:lowered|raised|cut|reiterated|maintained|affirmed)\b|\bratings? (?:downgrade|upgrade|cut)\b",
-        r"\b(?:analyst|broker(?:age)?) (?:rating|downgrade|upgrade|calls?|recommendations?)\b",
+        r"\b(?:analyst|broker(?:age)?) (?:rating|downgrade|upgrade|calls?|recommendations?|moves|actions)\b",
         r"\b(?:Moody's|Fitch|S&P|Standard & Poor's)\b(?!.*\b(?:debt|sovereign|country|nation|government)\b)"
         r".{0,30}\b(?:affirms?|upgrades?|downgrades?|cuts?|raises?|rates?)\b",
     ),
@@ -200,14 +203,15 @@ _PATTERNS: dict[str, _Patterns] = {
         r"(?!(?:\s+\S+){0,4}\s+rights\b)",
         _COMPANY + r"\b(?:acquire|acquisitions?)\b",
         r"\b(?:agrees?|agreed|talks|offers?|plans?|bid|moves?|deal) to (?:buy|purchase) (?!back\b|shares\b)",
-        _CASED + r"\b(?i:should(?:n't)?|would|could|will|might|must) (?i:buy|acquire|purchase|merge with) [A-Z]\w+"
+        _CASED + r"\b(?i:should(?:n't)?|would|could|will|might|must) (?:(?i:just|simply) )?(?i:buy|acquire|purchase|merge with) (?:[A-Z]\w+|\$TKR)"
         r"(?! (?i:stock|shares|calls|puts)\b)",
         r"\b(?:takeover|take-over|buyout)s? (?:bid|offer|talks|rumou?rs?|target|battle|deal|approach|odds|powers)\b",
         r"\b(?:takeover|buyout) of (?:\S+ ){0,3}(?:company|firm|chain|group|bank|business|maker|operator|retailer|carrier|unit)\b",
         r"(?:\b(?:hostile|friendly)|\$\d[\d.,]* ?(?:billion|bn|million|m)) (?:takeover|buyout|deal|acquisition|purchase)\b",
         r"\b(?:buyout|mega[- ]?merger|mergers?)\b",
         _CASED + r"\b(?i:(?:joint )?bids? (?:for|on)) [A-Z]", r"\b(?:spin[- ]?off|spins off|divest(?:s|iture|ing)?)\b",
-        r"\b(?:stake|holding) in (?!(?:society|the (?:game|future))\b)",
+        r"\b(?:stake|holding) in (?!(?:society|the (?:game|future))\b)"
+        r"|\b(?:increases?|raises?|boosts?|takes?|builds?|ups) (?:its |a |an |\$TKR |\S+ )?stake\b",
         r"\bsells? (?:its |the )?(?:\S+ ){0,3}(?:unit|division|business|arm|subsidiary)\b",
         _CASED + r"\b(?i:buys|bought|purchases|purchased) [A-Z][\w&.-]+(?: [A-Z][\w&.-]+)? (?i:for|from|in)\b",
     ),
@@ -221,17 +225,22 @@ _PATTERNS: dict[str, _Patterns] = {
         r"|watchdog)\b(?! (?:form|filing)\b)",
         r"\b(?:probe|investigation) (?:into|of)\b|\b(?:federal|criminal|antitrust|regulatory|government|SEC|FBI|DOJ|EU"
         r"|police|fraud) (?:probe|investigation)s?\b|\binvestigat(?:ing|es)\b",
-        r"\b(?:indicted|indictment|charged with|bribery|kickbacks?)\b",
+        # a person charged with a crime is `other`; a company charged, `legal_regulatory`
+        _COMPANY + r"\b(?:indicted|indictment|charged with)\b", r"\b(?:bribery|kickbacks?)\b",
         r"\b(?:jury|court) awards?\b|\bordered to pay\b|\bawarded \$|\bwins \$[\d.,]+ ?(?:M|million|B|billion|bn)\b"
-        r"(?!(?: \S+){0,2} (?:contracts?|orders?|deals?)\b)",
+        r"(?!(?: \S+){0,4} (?:contracts?|orders?|deals?)\b)",
         r"\bpatents?\b.{0,40}\bcourt\b|\bcourt\b.{0,40}\bpatents?\b",
         _COMPANY + r"\b(?:court|judge|jury|ruling|rules (?:against|in favou?r)|verdict|damages|bans?|banned|banning|blocks?"
         r"|blocked|settle|probes?|fraud|case)\b",
         r"\b(?:bans?|banned|banning)\b(?: \S+){0,3} (?:pesticides?|products?|imports?|exports?|sales?|drugs?|cigarettes?|tobacco"
         r"|packs?|logos|branding|advertising)\b",
+        r"\b(?:rig(?:s|ged|ging)?|manipulat(?:e|es|ed|ing|ion))\b(?: \S+){0,4} (?:benchmarks?|Libor|rates?|markets?|prices)\b",
+        r"\b(?:bank(?:ing)?|financial) (?:reforms?|regulations?|rules|overhaul|levy|levies|tax(?:es)?)\b"
+        r"|\b(?:overhaul|regulat|reform)\w* (?:the |its )?(?:\S+ )?(?:banking|financial) (?:system|sector|industry)\b",
     ),
     "product_contract": _compile(
-        r"\b(?:launch(?:es|ed|ing)?|unveil(?:s|ed|ing)?|introduc(?:es|ed|ing)|debut(?:s|ed)?|rolls? out|rollout)\b"
+        # company-cued: states and agencies launch missiles, missions, cabinets and campaigns far more than products
+        _COMPANY + r"\b(?:launch(?:es|ed|ing)?|unveil(?:s|ed|ing)?|introduc(?:es|ed|ing)|debut(?:s|ed)?|rolls? out|rollout)\b"
         r"(?!(?: \S+){0,4} (?:air ?strikes?|attacks?|offensive|missiles?|rockets?|raids?|war|probes?|investigations?|inquiry"
         r"|talks|protests?|campaign|nuclear|military|submarines?|satellites?|operations?|assault|crackdown|strikes?|drive"
         r"|legal|lawsuit|appeal|bid|petition|review|trial|trains?)\b)",
@@ -241,6 +250,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:contract|contracts|(?<!in )orders? for|wins? .{0,20}(?:deal|contract|order)|licens(?:e|ing) (?:deal|agreement)"
         r"|rights to|acquires (?:\S+ ){0,4}rights)\b",
         _COMPANY + r"\b(?:partnership|partners with|partner(?:s|ing)? (?:with|on)|teams up|joint venture)\b",
+        _COMPANY + _CASED + r"\b(?i:deals?) (?i:with) (?:[A-Z]|\$TKR)",
         r"\bpatent (?:issued|application|granted|filing|for)\b|\b(?:granted|awarded|files?(?: for)?|wins?|receives?) (?:an? |new )?patent\b",
         _WEAK + _CASED + r"(?:\b|(?=\$))" + _PRODUCT_NAMES + r"\b", _WEAK + r"\b" + _PRODUCT_NOUNS + r"\b",
     ),
@@ -269,23 +279,26 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:downgrade|upgrade|cut)s? (?:of )?(?:\S+ ){0,2}(?:debt|sovereign)\b",
         r"\b(?:FOMC|Federal Reserve|ECB|BoJ|Bank of Japan|Bank of England|PBOC|central banks?|interest rates?"
         r"|rate (?:hike|cut|rise|increase)s?|inflation|deflation|GDP|recession|unemployment|jobless|jobs (?:report|data|day)"
-        r"|nonfarm|payrolls|economy|economies|austerity|stimulus|quantitative easing|bail[- ]?outs?|economists?|debt crisis|sovereign"
-        r"|defaults? on|budget deficit|trade deficit|tariffs?|currenc(?:y|ies)|(?<!\d )(?:yuan|rouble|ruble)|euro ?zone|oil prices?"
+        r"|nonfarm|payrolls|(?<!ministry of )(?<!minister of )economy(?! ministers?\b| ministry\b)|economies|austerity"
+        r"|stimulus|quantitative easing|bail[- ]?outs?|economists?|debt crisis|sovereign|defaults? on|budget deficit"
+        r"|trade deficit|tariffs?|currenc(?:y|ies)|(?<!\d )(?<!million )(?<!billion )(?:yuan|rouble|ruble)|euro ?zone|oil prices?"
         r"|crude|Brent|commodit(?:y|ies)|stock markets?|bond yields?|treasur(?:y|ies)|junk status|IMF|World Bank"
         r"|money managers|fund managers|sanctions|free trade|trade (?:deal|pact|agreement|war)s?|wages?|general strike)\b",
         r"\b(?:copper|oil|gold|silver|gas|iron ore|wheat|crude|commodity|electricity|food|fuel|petrol|energy|housing|home)"
         r" prices?\b|\bprices? of (?:electricity|food|fuel|petrol|gas|bread|oil)\b",
         r"\beconomic (?:growth|crisis|slowdown|recovery|data|policy|policies|impact|turmoil|collapse|boom|downturn|outlook"
-        r"|stimulus|reforms?|sanctions|war|meltdown|troubles|woes|depression|recession|effects?)\b",
+        r"|stimulus|reforms?|sanctions|war|meltdown|troubles|woes|depression|recession|effects?|ruin|problems|catastrophe"
+        r"|nationalism|ties|cooperation|storm)\b|\bfinancial crisis\b"
+        r"|\binequalit(?<!gender inequalit)(?<!racial inequalit)(?:y|ies)\b",
         r"\b(?:markets?|stocks|(?:(?:world|global|asian|european|emerging[- ]market|u\.?s\.?|japanese|chinese|british"
         r"|german|french|indian|russian|greek) )shares|equities|futures|Nasdaq)\b (?:\S+ )?(?:rally|rallies|fall|falls|fell"
         r"|crash\w*|sell-?off|tumble\w*|plunge\w*|slide\w*|slump\w*|drop\w*|surge\w*|gain\w*|higher|lower|rise|rises|rose|jump\w*|sink\w*"
-        r"|screaming|weigh\w*|dragged|lifted|buoyed|pressured|trim\w*)\b",
+        r"|screaming|weigh\w*|dragged|lifted|buoyed|pressured|trim\w*|tank\w*|pares?|drift\w*)\b",
         _WEAK + r"\b(?:the |broad )?market (?:correction|sell-?off|rally|review|wrap|snapshot|update)\b|\bwith the market\b"
         r"|\bmkts?\b",
-        r"(?<!Occupy )\b(?:S&P ?500|Nikkei|FTSE|DAX|Hang Seng|Shanghai Composite|Wall Street)\b(?! (?:banks?|Journal|firms?"
+        r"(?<!Occupy )\b(?:S&P ?500|Nikkei|FTSE|DAX|Hang Seng|Shanghai Composite|Wall (?:Street|St\.?))\b(?! (?:banks?|Journal|firms?"
         r"|analysts?|estimates|forecasts|expectations)\b)",
-        r"\bthe Dow\b(?! (?:Chemical|Jones &|components))|\bDow (?:Jones )?(?:industrial|average|index|futures|points?|\d|falls?"
+        r"\bDow(?:,| and| &) S&P\b|\bthe Dow\b(?! (?:Chemical|Jones &|components))|\bDow (?:Jones )?(?:industrial|average|index|futures|points?|\d|falls?"
         r"|fell|rises?|rose|drops?|gains?|jumps?|slides?|closes?|closed|ends?|ended|hits?|record|tumbles?|plunges?|soars?|down"
         r"|up|surges?|sinks?)\b",
         r"\b(?:risk[- ]off|risk[- ]on|bull market|bear market|correction|all[- ]time high)\b(?=.*\b(?:markets?|stocks|spx)\b)",

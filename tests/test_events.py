@@ -2,6 +2,7 @@
 held-out split of tests/data/events_eval.csv, and the per-(ticker, session) event features (no look-ahead)."""
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -126,9 +127,9 @@ def test_encoder_stage_is_deterministic_whatever_the_batching():
 
 # -- evaluation set --------------------------------------------------------------------------------------------
 HELD_OUT_TARGET = 0.75  # issue 10's target for macro-F1 on held-out items
-# What the classifier measured on the held-out split (0.7454); the target above is NOT reached (README, "Event
-# types"). This floor fails on any regression; raise it to the target once the classifier earns it.
-HELD_OUT_FLOOR = 0.745
+# What the classifier measured on the held-out split after round 5 (0.7525; EVENTS_PROVENANCE.md; README, "Event
+# types"): it reaches the target, by a small margin. This floor fails on any regression.
+HELD_OUT_FLOOR = 0.752
 
 
 def test_evaluation_set_is_large_stratified_and_traceable():
@@ -140,6 +141,22 @@ def test_evaluation_set_is_large_stratified_and_traceable():
         assert counts[rare] >= 20, rare
     assert set(items["split"]) == {"dev", "test"}
     assert items["dataset"].isin(["djia-reddit-news", "stocknet-tweets-prices"]).all()
+
+
+# sha256 of the test split's rows (all columns, as ``DataFrame.to_csv(index=False, lineterminator="\\n")`` writes them),
+# taken from events_eval.csv before round 5 was added: later rounds add development items only, and the held-out
+# items, their labels and their order never change.
+TEST_SPLIT_SHA256 = "d0cae36b53e3958936e8097cf652a03cabba8f3044287888d3a71d9e999b3dc8"
+
+
+def test_test_split_is_unchanged_and_later_rounds_are_development_items():
+    items = read_eval_set(EVAL_PATH)
+    test = items[items["split"] == "test"]
+    assert len(test) == 444
+    assert hashlib.sha256(test.to_csv(index=False, lineterminator="\n").encode("utf-8")).hexdigest() == TEST_SPLIT_SHA256
+    later = items["selection"].str.match(r"(?:random|keyword)[345]\b")
+    assert later.sum() == 1108 - 634 + 310 and (items.loc[later, "split"] == "dev").all()
+    assert (items["selection"].str.match(r"(?:random|keyword)5\b").sum()) == 310
 
 
 def test_every_item_is_the_text_at_its_file_and_row(shared_data):
@@ -169,9 +186,8 @@ def test_held_out_macro_f1():
     assert report["macro_f1"] == pytest.approx(np.mean([v["f1"] for v in report["per_class"].values()]))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10's target is not reached: 0.745 measured on the held-out split")
 def test_held_out_macro_f1_reaches_the_target():
-    # strict: the day the classifier reaches the target this XPASS fails, so HELD_OUT_FLOOR gets raised to it
+    assert HELD_OUT_FLOOR >= HELD_OUT_TARGET
     assert evaluate(repeats=1)["macro_f1"] >= HELD_OUT_TARGET
 
 
@@ -191,6 +207,49 @@ def test_held_out_macro_f1_reaches_the_target():
     ("Boeing wins orders for 50 jets", "product_contract"),
 ])
 def test_patterns_read_cashtags_apostrophes_amounts_and_single_stocks(text, expected):
+    assert classify([text])[0] == expected
+
+
+# Round 5 (EVENTS_PROVENANCE.md): fixes found on development errors, each right in general; texts written for this test.
+@pytest.mark.parametrize("text, expected", [
+    # "launch", "unveil", "introduce" are product news only where a company is named: states launch missiles,
+    # missions and cabinets (a company launching still counts)
+    ("North Korea prepares another missile launch", "other"),
+    ("Prime minister unveils new cabinet", "other"),
+    ("India launches its first Mars mission", "other"),
+    ("Samsung unveils a new Galaxy phone", "product_contract"),
+    # people charged with a crime are crime news; a company charged is legal news
+    ("Man charged with murder after Paris shooting", "other"),
+    ("Carmaker charged with fraud over emissions tests", "legal_regulatory"),
+    ("Police hold four drug-company managers on suspicion of bribery", "legal_regulatory"),
+    # a contract won is no court award, however many words sit between the amount and "contract"
+    ("Lockheed wins $900 million Navy radar support contract", "product_contract"),
+    # rigging a benchmark is fraud
+    ("Traders tried to rig the Libor benchmark, emails show", "legal_regulatory"),
+    # more ways to say that the market moved or that the economy is the subject
+    ("Stocks tank on growth fears", "macro_market"),
+    ("Wall St pares gains in afternoon trade", "macro_market"),
+    ("Asian stocks drift as traders wait", "macro_market"),
+    ("Dow, S&P end at record highs", "macro_market"),
+    ("The country faces economic ruin", "macro_market"),
+    ("Income inequality widens in Britain", "macro_market"),
+    # executive pay is `other` (guide) even next to an economic word
+    ("Bank bosses' bonuses climb despite bailout", "other"),
+    # commercial deals, hypothetical takeovers, activist stakes, product names with a version, new devices
+    ("Spotify signs deal with Uber for in-car music", "product_contract"),
+    ("$GOOG could just buy $TWTR and fix its social problem", "mergers_acquisitions"),
+    ("Icahn ups $AAPL stake", "mergers_acquisitions"),
+    ("Jailbreak for iOS9 is out", "product_contract"),
+    ("Ford tests an autonomous car in the snow", "product_contract"),
+    # a state's currency is no product; economy ministers are politicians; a fortune in yuan is no currency news
+    ("Palestinian Authority introduces its own currency", "macro_market"),
+    ("Economy minister resigns amid graft scandal", "other"),
+    ("Spain moves science policy to the Ministry of Economy", "other"),
+    ("Tycoon's fortune tops 500 million yuan", "other"),
+    # a broker's round-up of rating actions
+    ("Monday's analyst moves: $AAPL, $GE", "analyst_rating"),
+])
+def test_round_5_pattern_fixes(text, expected):
     assert classify([text])[0] == expected
 
 
