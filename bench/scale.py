@@ -8,7 +8,10 @@ bench/sentiment.py), report off. Stage seconds come from the run's metrics.json 
 from the child's ru_maxrss. Target: warm 500 x 2,520 with engine=vectorized <= 60 s and <= 4 GB.
 
     .venv/bin/python bench/scale.py [--sizes 10,100,500] [--sessions 2520] [--engines vectorized,backtrader]
-        [--backtrader-max 100]
+        [--backtrader-max 100] [--folder DIR]
+
+``--folder DIR`` keeps each size's universe and signal cache in ``DIR/N{tickers}-S{sessions}`` and reuses them: a
+size whose cache is already there runs warm only (its cold figure is that of the run that filled it).
 """
 from __future__ import annotations
 
@@ -90,6 +93,17 @@ def run_once(folder: Path, prices: Path, news: Path, engine: str, label: str) ->
     return {"stages": metrics["stage_seconds"], "wall": wall, "peak_gb": int(peak_kb) / 2**20}
 
 
+def machine() -> str:
+    """The CPU model and whether it computes bf16 natively (``avx512_bf16``), from ``/proc/cpuinfo``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                 "cpu unknown")
+    return f"{model}, {'avx512_bf16' if 'avx512_bf16' in info else 'no avx512_bf16'}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,500", help="numbers of tickers, comma-separated")
@@ -97,24 +111,36 @@ def main() -> None:
     parser.add_argument("--engines", default="vectorized,backtrader")
     parser.add_argument("--backtrader-max", type=int, default=100, help="largest N the backtrader engine runs at")
     parser.add_argument("--keep", action="store_true", help="keep the temp folders (printed)")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="keep and reuse universes and signal caches here (a size already cached runs warm only)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = args.engines.split(",")
-    print(f"load average {os.getloadavg()[0]:.2f}; cpus {os.cpu_count()}", flush=True)
+    print(f"{machine()}; load average {os.getloadavg()[0]:.2f}; cpus {os.cpu_count()}", flush=True)
     rows = []
     for n in sizes:
-        folder = Path(tempfile.mkdtemp(prefix=f"newsbt-scale-{n}-"))
-        prices, news = make_universe(folder, n, args.sessions)
+        if args.folder is None:
+            folder = Path(tempfile.mkdtemp(prefix=f"newsbt-scale-{n}-"))
+            prices, news = make_universe(folder, n, args.sessions)
+        else:
+            folder = args.folder / f"N{n}-S{args.sessions}"
+            folder.mkdir(parents=True, exist_ok=True)
+            prices, news = folder / "prices.csv", folder / "news.csv"
+            if not (prices.is_file() and news.is_file()):
+                make_universe(folder, n, args.sessions)
+        cached = (folder / "cache" / "signals").is_dir()
         for engine in engines:
             if engine == "backtrader" and n > args.backtrader_max:
                 continue
-            for state in ("cold", "warm") if engine == engines[0] else ("warm",):
-                result = run_once(folder, prices, news, engine, f"{engine}-{state}")
+            states = ("cold", "warm") if engine == engines[0] and not cached else ("warm",)
+            for state in states:
+                label = f"{engine}-{state}" + ("" if args.folder is None else f"-{time.strftime('%Y%m%d-%H%M%S')}")
+                result = run_once(folder, prices, news, engine, label)
                 rows.append({"tickers": n, "engine": engine, "cache": state, **result})
                 stages = " ".join(f"{k}={v:.2f}" for k, v in result["stages"].items())
                 print(f"N={n} S={args.sessions} {engine} {state}: wall {result['wall']:.1f}s "
                       f"peak {result['peak_gb']:.2f} GB | {stages}", flush=True)
-        if args.keep:
+        if args.keep or args.folder is not None:
             print(f"  kept {folder}")
         else:
             subprocess.run(["rm", "-rf", str(folder)], check=True)
@@ -127,6 +153,7 @@ def main() -> None:
         cells = [str(r["tickers"]), r["engine"], r["cache"],
                  *(f"{r['stages'].get(k, 0):.2f}" for k in stage_names), f"{r['wall']:.1f}", f"{r['peak_gb']:.2f}"]
         print("| " + " | ".join(cells) + " |")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
     for r in rows:
         if r["engine"] == "vectorized" and r["cache"] == "warm" and r["tickers"] >= 500:
             ok = r["wall"] <= TARGET_SECONDS and r["peak_gb"] <= TARGET_GB

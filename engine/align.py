@@ -23,20 +23,25 @@ def align_news(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float 
     >>> aligned = align_news(dataset.news, dataset.prices, latency_minutes=5)
     """
     columns = [*NEWS_COLUMNS, *[c for c in news.columns if c not in NEWS_COLUMNS and c != "session"]]
-    # Index arrays per ticker, then one take: a frame copy per ticker cost more than the alignment itself at
-    # hundreds of tickers.
-    rows, tickers, sessions = [], [], []
-    for ticker, opens, concerns, position in _first_sessions(news, prices, latency_minutes):
+    # Index arrays per ticker, sorted as numbers, then one take of the rows: a frame copy per ticker, or a take
+    # and then a sort of the frame with its texts, cost more than the alignment itself at hundreds of tickers.
+    names, rows, codes, sessions = [], [], [], []
+    for code, (ticker, opens, concerns, position) in enumerate(_first_sessions(news, prices, latency_minutes)):
         inside = position < len(opens)
+        names.append(ticker)
         rows.append(concerns[inside])
-        tickers.append(np.full(int(inside.sum()), ticker, dtype=object))
+        codes.append(np.full(int(inside.sum()), code))
         sessions.append(opens[position[inside]])
     if not rows:
         return news.iloc[0:0].assign(session=pd.Series([], dtype="datetime64[us, UTC]"))
-    aligned = news.iloc[np.concatenate(rows)][columns].reset_index(drop=True)
-    aligned["ticker"] = pd.array(np.concatenate(tickers), dtype="str")
-    aligned["session"] = pd.to_datetime(np.concatenate(sessions), utc=True)
-    return aligned.sort_values(["ticker", "session", "timestamp"], kind="stable").reset_index(drop=True)
+    rows, codes, sessions = np.concatenate(rows), np.concatenate(codes), np.concatenate(sessions)
+    published = _utc_values(news["timestamp"])[rows]
+    # by ticker (the codes follow the sorted tickers), session, then publication; lexsort is stable
+    order = np.lexsort((published.view("int64"), sessions.view("int64"), codes))
+    aligned = news.iloc[rows[order]][columns].reset_index(drop=True)
+    aligned["ticker"] = pd.array(names, dtype="str").take(codes[order])
+    aligned["session"] = pd.to_datetime(sessions[order], utc=True)
+    return aligned
 
 
 def news_drops(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: float = 0) -> dict:
@@ -78,14 +83,16 @@ def _first_sessions(news: pd.DataFrame, prices: pd.DataFrame, latency_minutes: f
     # The items of each ticker found once by sorting (not one comparison over all news per ticker, which grew as
     # tickers x items); market-wide items ("") concern every ticker.
     price_tickers = np.sort(prices["ticker"].unique())
-    codes = pd.Categorical(news["ticker"], categories=price_tickers).codes  # -1: market-wide or unknown
+    codes = pd.Index(price_tickers).get_indexer(news["ticker"])  # -1: market-wide or unknown
     market_wide = np.flatnonzero((news["ticker"] == "").to_numpy())
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(len(price_tickers) + 1))
     out = []
     for code, (ticker, opens) in enumerate(prices.groupby("ticker", sort=True)["timestamp"]):
         opens = np.sort(_utc_values(opens))
-        concerns = np.union1d(order[bounds[code]:bounds[code + 1]], market_wide)
+        concerns = order[bounds[code]:bounds[code + 1]]  # ascending: a stable sort's slice
+        if market_wide.size:
+            concerns = np.union1d(concerns, market_wide)
         out.append((ticker, opens, concerns, np.searchsorted(opens, usable_from[concerns], side="right")))
     return out
 

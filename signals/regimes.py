@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_limits
 
 from engine.config import FeaturePatterns, PositiveInt, PositiveIntOrAuto
@@ -90,6 +89,8 @@ class RegimeModel(SignalProvider):
         self.columns_ = columns
         self.mean_ = mean
         self.scale_ = np.where(std > 0, std, 1.0)
+        from sklearn.cluster import KMeans  # here, not at the top: a run whose regimes are cached never imports it
+
         try:
             kmeans = KMeans(n_clusters=int(self.n_regimes), n_init=self.n_init, random_state=int(self.random_state))
             # One thread: these fits are small, OpenMP threads on busy cores made them 200x slower, and a

@@ -1,8 +1,9 @@
 """LDA topics of news text: each (ticker, session) gets the mean topic mixture of its texts.
 
-A gensim ``LdaModel`` (single process, fixed ``random_state``) is fitted on the distinct texts of the past;
-``transform`` infers each distinct text's mixture with a deterministic start, so a fitted model gives every
-text the same mixture whatever else is in the frame and however often it is called.
+A gensim ``LdaModel`` (single process, fixed ``random_state``) is fitted on the distinct texts of the past, at
+most ``max_training_texts`` of them (a sample drawn by each text's hash, so a fit's cost is bounded however large
+the universe); ``transform`` infers each distinct text's mixture with a deterministic start, so a fitted model
+gives every text the same mixture whatever else is in the frame and however often it is called.
 """
 from __future__ import annotations
 
@@ -59,6 +60,29 @@ def _tokenizer_digest() -> str:
     """Identifies the tokenisation rules, so cached topics are recomputed when they change."""
     rules = "\n".join([_REMOVE.pattern, _WORD.pattern, "NFC lower isalpha len>=2", *sorted(STOP_WORDS)])
     return hashlib.sha256(rules.encode()).hexdigest()[:16]
+
+
+def text_keys(texts: pd.Series | list[str]) -> np.ndarray:
+    """A stable pseudo-random key per text: the first 8 bytes of the BLAKE2b digest of its UTF-8, as uint64 (the
+    same on every machine, Python and pandas version, and independent of the other texts).
+
+    >>> text_keys(["Oil prices fall"])  # array([...], dtype=uint64)
+    """
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(text).encode("utf-8"), digest_size=8).digest(), "big")
+                        for text in texts), dtype=np.uint64, count=len(texts))
+
+
+def training_sample(texts: pd.Series, limit: int | None) -> pd.Series:
+    """The ``limit`` texts of distinct ``texts`` with the smallest ``text_keys`` (all of them when ``limit`` is None
+    or not below their number), in their given order: a uniform sample without replacement that depends only on
+    the set of texts, not on their order (a tie of two 64-bit keys, practically impossible, goes to the earlier).
+
+    >>> training_sample(pd.Series(["a b", "c d", "e f"]), 2)  # the two texts whose digests are smallest
+    """
+    if limit is None or len(texts) <= limit:
+        return texts
+    chosen = np.argsort(text_keys(texts), kind="stable")[:limit]
+    return texts.iloc[np.sort(chosen)]
 
 
 def _progress() -> bool:
@@ -124,8 +148,13 @@ class TopicModel(SignalProvider):
     """LDA topic mixture per (ticker, session): columns ``topic_0..topic_{k-1}`` (mean mixture of the
     session's texts, sums to 1) and ``topics_count`` (texts with at least one known word).
 
+    ``max_training_texts`` bounds the distinct texts a fit learns from (``training_sample``: drawn by each text's
+    hash, so the same past gives the same sample in any row order); null fits on all. Inference still covers
+    every text. The LDA fit costs about linearly in its texts, so at hundreds of tickers the cap, not the
+    universe, sets the cost of each walk-forward window.
+
     >>> TopicModel(num_topics=10, no_below=5, no_above=0.5, keep_n=20000, passes=2, iterations=50,
-    ...            random_state=0, chunksize=2000).fit(past_news).transform(window_news)
+    ...            random_state=0, chunksize=2000, max_training_texts=20000).fit(past_news).transform(window_news)
     """
 
     name = "topics"
@@ -133,7 +162,8 @@ class TopicModel(SignalProvider):
 
     # The annotations are the parameters' schema (engine.config checks signals.topics.* against them).
     def __init__(self, num_topics: PositiveInt, no_below: PositiveInt, no_above: Fraction, keep_n: PositiveInt | None,
-                 passes: PositiveInt, iterations: PositiveInt, random_state: int, chunksize: PositiveInt):
+                 passes: PositiveInt, iterations: PositiveInt, random_state: int, chunksize: PositiveInt,
+                 max_training_texts: PositiveInt | None):
         self.num_topics = num_topics
         self.no_below = no_below
         self.no_above = no_above
@@ -142,6 +172,7 @@ class TopicModel(SignalProvider):
         self.iterations = iterations
         self.random_state = random_state
         self.chunksize = chunksize
+        self.max_training_texts = max_training_texts
         self.columns = tuple(f"topic_{k}" for k in range(_positive_int(num_topics, "num_topics"))) + ("topics_count",)
 
     @property
@@ -150,14 +181,16 @@ class TopicModel(SignalProvider):
         return list(self.columns[:-1])
 
     def params(self) -> dict[str, Any]:
-        keys = ["num_topics", "no_below", "no_above", "keep_n", "passes", "iterations", "random_state", "chunksize"]
+        keys = ["num_topics", "no_below", "no_above", "keep_n", "passes", "iterations", "random_state", "chunksize",
+                "max_training_texts"]
         return {"provider": self.name, **{k: getattr(self, k) for k in keys}, "tokenizer": _tokenizer_digest()}
 
     def _check_params(self) -> None:
         for key in ("no_below", "passes", "iterations", "chunksize"):
             _positive_int(getattr(self, key), key)
-        if self.keep_n is not None:
-            _positive_int(self.keep_n, "keep_n")
+        for key in ("keep_n", "max_training_texts"):
+            if getattr(self, key) is not None:
+                _positive_int(getattr(self, key), key)
         if isinstance(self.no_above, bool) or not isinstance(self.no_above, (int, float)) or not 0 < self.no_above <= 1:
             raise ConfigError(f"signals.topics.no_above: must be a fraction in (0, 1], got {self.no_above!r}")
         if isinstance(self.random_state, bool) or not isinstance(self.random_state, (int, np.integer)):
@@ -166,10 +199,12 @@ class TopicModel(SignalProvider):
 
     def fit(self, news: pd.DataFrame) -> "TopicModel":
         """Learn the vocabulary and the topics from the distinct texts of ``news`` (each text once, ordered
-        by its first timestamp, then by text, so row order and repeats across tickers do not matter)."""
+        by its first timestamp, then by text, so row order and repeats across tickers do not matter), or from
+        ``max_training_texts`` of them drawn by ``training_sample``."""
         self._check_params()
         ordered = news[["timestamp", "text"]].assign(text=news["text"].fillna("").astype(str))
         texts = ordered.sort_values(["timestamp", "text"], kind="stable").drop_duplicates("text")["text"]
+        texts = training_sample(texts, self.max_training_texts)
         documents = [tokenize(t) for t in tqdm(texts, desc="topics: tokenise", disable=not _progress(), leave=False)]
         documents = [d for d in documents if d]
         dictionary = Dictionary(documents)

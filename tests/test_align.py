@@ -115,3 +115,25 @@ def test_session_grid_price_features_use_previous_closes_only():
     # The session's own bar and forward_return are outcomes, never features.
     assert list(features.columns) == ["return_1", "return_5", "volatility_20"]
     assert list(outcomes.columns) == ["open", "high", "low", "close", "volume", "forward_return"]
+
+
+def test_join_signals_gives_the_same_rows_whether_or_not_the_index_is_canonical():
+    # A frame already in canonical dtypes is joined as it is; one with object tickers and stamps in another zone
+    # and unit is converted first. Both must land on the same (ticker, session) rows: worked out by hand below.
+    from engine.features import join_signals
+    from engine.schema import canonical_signals
+
+    sessions = pd.DatetimeIndex(["2020-01-06 14:30", "2020-01-07 14:30"], tz="UTC")
+    features = canonical_signals(pd.DataFrame(
+        {"return_1": [0.1, 0.2, 0.3, 0.4]},
+        index=pd.MultiIndex.from_product([["X", "Y"], sessions], names=["ticker", "session"])))
+    new_york = sessions[1:].tz_convert("America/New_York").as_unit("us")
+    loose = pd.DataFrame({"topic_0": [0.7], "topics_count": [2.0]},
+                         index=pd.MultiIndex.from_arrays([pd.Index(["Y"], dtype=object), new_york],
+                                                         names=["ticker", "session"]))
+    for frame in (loose, canonical_signals(loose)):
+        joined = join_signals(features, frame, "signals.topics")
+        assert joined.index.equals(features.index)
+        assert joined["topic_0"].isna().tolist() == [True, True, True, False]
+        assert joined["topic_0"].iloc[3] == 0.7
+        assert joined["topics_count"].tolist() == [0.0, 0.0, 0.0, 2.0]

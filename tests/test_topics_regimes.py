@@ -3,20 +3,24 @@ statistics and the configuration errors."""
 from __future__ import annotations
 
 import copy
+import hashlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from engine.cache import CACHE_STATS, SignalCache
 from engine.errors import ConfigError
 from engine.features import resolve_feature_columns
+from engine.providers import Slot, window_signals
+from engine.walkforward import Window
 from signals.regimes import RegimeModel
-from signals.topics import TopicModel, tokenize
+from signals.topics import TopicModel, tokenize, training_sample
 
 OIL = ["oil", "crude", "barrel", "opec", "refinery", "pipeline", "drilling", "petrol"]
 FOOTBALL = ["goal", "striker", "league", "match", "coach", "stadium", "referee", "penalty"]
 TOPIC_PARAMS = dict(num_topics=2, no_below=2, no_above=0.5, keep_n=None, passes=20, iterations=100,
-                    random_state=0, chunksize=100)
+                    random_state=0, chunksize=100, max_training_texts=None)
 
 
 def planted_news(texts_per_group: int = 40, seed: int = 1) -> pd.DataFrame:
@@ -139,6 +143,79 @@ def test_topic_config_errors_name_the_key():
         TopicModel(**{**TOPIC_PARAMS, "no_below": 500}).fit(planted_news(5))
     with pytest.raises(ConfigError, match=r"signals\.topics\.random_state"):
         TopicModel(**{**TOPIC_PARAMS, "random_state": None}).fit(planted_news(5))
+    with pytest.raises(ConfigError, match=r"signals\.topics\.max_training_texts"):
+        TopicModel(**{**TOPIC_PARAMS, "max_training_texts": 0}).fit(planted_news(5))
+
+
+# --- the cap on training texts -------------------------------------------------------------------------
+
+def smallest_digests(texts, count: int) -> set[str]:
+    """A second implementation of the sample: the ``count`` texts whose 8-byte BLAKE2b digests sort first (bytes
+    compare like the big-endian integers they spell)."""
+    return set(sorted(texts, key=lambda text: hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest())[:count])
+
+
+def test_training_sample_is_the_texts_with_the_smallest_digests_whatever_their_order():
+    texts = pd.Series([f"headline number {word} of the day" for word in
+                       ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]])
+    expected = smallest_digests(texts, 4)
+    sample = training_sample(texts, 4)
+    assert sample.tolist() == [t for t in texts if t in expected]  # kept in the given order
+    shuffled = texts.sample(frac=1.0, random_state=5)
+    assert set(training_sample(shuffled, 4)) == expected
+    assert training_sample(texts, None).tolist() == texts.tolist()
+    assert training_sample(texts, 11).tolist() == texts.tolist()
+
+
+def planted_windows_news() -> pd.DataFrame:
+    """80 oil and football texts in the past (sessions of January-February 2015) and 20 texts with a vocabulary of
+    their own from sessions after 2015-03-01, which a fit for a window starting then must never see."""
+    news = planted_news()
+    rng = np.random.default_rng(9)
+    future = ["tariff", "customs", "quota", "embargo", "dumping", "subsidy", "import", "export"]
+    rows = []
+    for day in range(20):
+        stamp = pd.Timestamp("2015-03-02", tz="UTC") + pd.Timedelta(days=day, hours=12)
+        rows.append((stamp, "OIL", " ".join(rng.choice(future, size=5, replace=False)), "test",
+                     stamp + pd.Timedelta(hours=9)))
+    return pd.concat([news, pd.DataFrame(rows, columns=news.columns)], ignore_index=True)
+
+
+WINDOW = Window(0, pd.Timestamp("2015-01-01", tz="UTC"), pd.Timestamp("2015-03-01", tz="UTC"),
+                pd.Timestamp("2015-03-31", tz="UTC"))
+
+
+def test_a_capped_fit_learns_from_the_sampled_past_texts_only_in_any_row_order():
+    news = planted_windows_news()
+    past = news[news["session"] < WINDOW.test_start]
+    sampled = smallest_digests(past["text"].unique(), 30)
+    params = {**TOPIC_PARAMS, "passes": 5}
+    # the windowed fit with a cap of 30 equals an uncapped fit on exactly those 30 past texts
+    expected = TopicModel(**params).fit(past[past["text"].isin(sampled)]).transform(news)
+    capped = Slot("signals.topics", TopicModel(**{**params, "max_training_texts": 30}))
+    frame = pd.DataFrame(index=pd.MultiIndex.from_arrays([[], pd.DatetimeIndex([], tz="UTC")],
+                                                         names=["ticker", "session"]))
+    output, described = window_signals(capped, WINDOW, frame, news, None)
+    pd.testing.assert_frame_equal(output, expected, check_exact=True)
+    shuffled, _ = window_signals(capped, WINDOW, frame, news.sample(frac=1.0, random_state=2), None)
+    pd.testing.assert_frame_equal(shuffled, expected, check_exact=True)
+    words = {word for line in described["words"] for word in line.split()}
+    assert words <= set(OIL) | set(FOOTBALL)  # nothing of the future vocabulary
+    uncapped, _ = window_signals(Slot("signals.topics", TopicModel(**params)), WINDOW, frame, news, None)
+    assert not np.allclose(uncapped.to_numpy(), expected.to_numpy())  # the cap binds
+
+
+def test_changing_the_cap_changes_the_window_cache_key(tmp_path):
+    news = planted_windows_news()
+    frame = pd.DataFrame(index=pd.MultiIndex.from_arrays([[], pd.DatetimeIndex([], tz="UTC")],
+                                                         names=["ticker", "session"]))
+    cache = SignalCache(tmp_path)
+    for cap, outcome in ((30, "miss"), (30, "hit"), (31, "miss"), (None, "miss")):
+        before = CACHE_STATS[f"topics-window.{outcome}"]
+        window_signals(Slot("signals.topics", TopicModel(**{**TOPIC_PARAMS, "passes": 1, "max_training_texts": cap})),
+                       WINDOW, frame, news, cache)
+        assert CACHE_STATS[f"topics-window.{outcome}"] == before + 1, (cap, outcome)
+    assert len(list((tmp_path / "signals").glob("topics-window-*.parquet"))) == 3
 
 
 def test_real_headlines_rows_sum_to_one_and_do_not_depend_on_the_batch(shared_data):
@@ -148,7 +225,7 @@ def test_real_headlines_rows_sum_to_one_and_do_not_depend_on_the_batch(shared_da
     news = pd.DataFrame({"timestamp": stamp, "ticker": "DJIA", "text": text, "source": "djia",
                          "session": stamp + pd.Timedelta(days=1, hours=13, minutes=30)}).reset_index(drop=True)
     model = TopicModel(num_topics=5, no_below=5, no_above=0.5, keep_n=5000, passes=1, iterations=50,
-                       random_state=0, chunksize=2000).fit(news.iloc[:2000])
+                       random_state=0, chunksize=2000, max_training_texts=None).fit(news.iloc[:2000])
     frame = model.transform(news)
     assert np.allclose(frame[model.topic_columns].sum(axis=1), 1.0, atol=1e-6)
     assert frame["topics_count"].sum() <= len(news) and frame["topics_count"].max() <= 50
@@ -220,3 +297,15 @@ def test_regime_config_errors_name_the_feature_and_key():
     fitted = RegimeModel(n_regimes=2, features=["a", "b"], n_init=2, random_state=0).fit(frame)
     with pytest.raises(ConfigError, match=r"signals\.regimes\.features.*'b'"):
         fitted.transform(frame[["a"]])
+
+
+def test_a_run_with_cached_regimes_does_not_import_scikit_learn():
+    """Importing the regime provider (as the config check does) leaves sklearn unloaded: only a fit needs KMeans
+    (its import was about a second of every warm run)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, signals.regimes, signals.topics, engine.providers; "
+            "print('sklearn' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
