@@ -284,6 +284,7 @@ class Launcher(_Section):
 
 
 NEWSBT_LAUNCHER = "hydra_plugins.newsbt_launcher.launcher.NewsbtLauncher"
+NEWSBT_SWEEPER = "hydra_plugins.newsbt_launcher.sweeper.NewsbtSweeper"  # BasicSweeper's jobs, composed faster
 # Metrics engine.run adds to performance_metrics' own (reports/metrics.py), by which a sweep may rank its runs.
 RUN_METRICS = ("final_value", "in_sample_sharpe", "out_of_sample_sharpe")
 
@@ -631,7 +632,7 @@ def _sweep_jobs(hydra_app: Any, master: Any, overrides: list[str]) -> list[list[
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     sweeper = master.hydra.sweeper
-    if sweeper.get("_target_") != "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+    if sweeper.get("_target_") not in ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", NEWSBT_SWEEPER):
         return None
     params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()] + list(overrides)
     parsed = OverridesParser.create(config_loader=hydra_app.config_loader).parse_overrides(params)
@@ -675,8 +676,10 @@ def preflight(argv: Sequence[str]) -> None:
         if master.hydra.launcher.get("_target_") == NEWSBT_LAUNCHER:
             parameters = None if jobs is None else sorted({o.partition("=")[0].lstrip("+~") for j in jobs for o in j})
             validate_launcher(master.hydra.launcher, parameters)
-        for job in jobs or []:
-            validate_config(hydra_app.config_loader.load_sweep_config(master, job))
+        from engine.grid import compose_jobs  # one composition per choice of config groups, not per job
+
+        for composed in compose_jobs(hydra_app.config_loader, master, jobs or []):
+            validate_config(composed)
     except (HydraException, OmegaConfBaseException) as error:
         raise _hydra_error(error) from None
     finally:

@@ -4,7 +4,7 @@
 Every run is keyed by a hash of its resolved config; jobs with identical configs are merged into one run. Runs
 already done in the sweep folder are skipped unless their inputs changed since (``run_fingerprint``: the data
 files' contents, each signal provider's identity such as its model's weights, newsbt's code and dependency
-versions), each finished run is written to ``results.duckdb`` as soon as it ends (a crash loses only the runs in
+versions) or they hold fewer files than asked (``run_files``: light, now all), each finished run is written to ``results.duckdb`` as soon as it ends (a crash loses only the runs in
 flight), a failing run records its error without stopping the others, and the signals each distinct signal
 config needs (``signal_key``: what the providers declare) are computed once, before the runs, so the runs only
 read the cache.
@@ -31,6 +31,7 @@ import traceback
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -173,6 +174,7 @@ def execute_fingerprint(job: dict) -> dict:
     from engine.cache import project_path
     from engine.providers import build_providers
 
+    _limit_torch_threads()
     try:
         slots = build_providers(job["signals"], [project_path(root) for root in job["paths"]["roots"]],
                                 project_path(job["paths"]["cache"]))
@@ -212,30 +214,51 @@ def _provider_key(job: dict) -> str:
     return json.dumps({key: job.get(key) for key in ("signals", "paths")}, sort_keys=True, default=str)
 
 
+# Signal frames a worker keeps in memory after reading them from the cache (its runs read the same ones).
+WORKER_KEPT_FRAMES_BYTES = 256 << 20
+_WORKER_THREADS: list[int] = []
+
+
 def _init_worker(threads: int) -> None:
+    from engine.cache import keep_in_memory
+
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    try:
-        import torch
+    keep_in_memory(WORKER_KEPT_FRAMES_BYTES)
+    _WORKER_THREADS[:] = [threads]
+    _limit_torch_threads()
 
-        torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+
+def _limit_torch_threads() -> None:
+    """torch's threads in a worker: its share of the cores, set once torch is imported (torch takes seconds to
+    import, and a sweep that scores no text never needs it; before its import OMP_NUM_THREADS says the same)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and _WORKER_THREADS and torch.get_num_threads() != _WORKER_THREADS[0]:
+        torch.set_num_threads(_WORKER_THREADS[0])
 
 
 def _import_engine() -> None:
     import engine.run  # noqa: F401 - the heavy imports every run needs
+    import engine.vectorized  # noqa: F401
+    import reports.metrics  # noqa: F401
 
 
-def execute_prepare(job: dict) -> dict:
-    """Compute and cache the signals of ``job`` (in a worker); return the cache counts or the error."""
+def execute_prepare(job: dict, load_only: bool = False) -> dict:
+    """Compute and cache the signals of ``job`` (in a worker); return the cache counts or the error. ``load_only``:
+    only load its data (``engine.run.load_data``) and build its providers (importing their code), as its first run
+    would, for a worker that would otherwise wait for the signals."""
     from engine.cache import CACHE_STATS
-    from engine.run import prepare_signals
+    from engine.run import load_data, prepare_signals
 
+    _limit_torch_threads()
     before = Counter(CACHE_STATS)
     try:
-        prepare_signals(OmegaConf.create(job))
+        if load_only:
+            execute_fingerprint(job)
+            load_data(OmegaConf.create(job))
+        else:
+            prepare_signals(OmegaConf.create(job))
         error = None
     except NewsbtError as failure:
         error = str(failure)
@@ -250,6 +273,7 @@ def execute_run(job: dict, run_dir: str, files: str = "all") -> dict:
     from engine.cache import CACHE_STATS
     from engine.run import run
 
+    _limit_torch_threads()
     before = Counter(CACHE_STATS)
     started = time.perf_counter()
     try:
@@ -404,7 +428,8 @@ def _ray_call(function: Callable, threads: int, *args):
 
 CORE_COLUMNS = {"run_id": "VARCHAR PRIMARY KEY", "status": "VARCHAR", "error": "VARCHAR", "overrides": "VARCHAR",
                 "run_dir": "VARCHAR", "elapsed_seconds": "DOUBLE", "finished_at": "TIMESTAMP", "cache": "VARCHAR",
-                "fingerprint": "VARCHAR", "inputs": "VARCHAR", "engine": "VARCHAR", "screen_of": "VARCHAR"}
+                "fingerprint": "VARCHAR", "inputs": "VARCHAR", "engine": "VARCHAR", "screen_of": "VARCHAR",
+                "run_files": "VARCHAR"}
 
 
 class ResultsStore:
@@ -412,32 +437,43 @@ class ResultsStore:
     the inputs as JSON), one column per parameter (VARCHAR) and per numeric metric (DOUBLE). Only the sweep's
     driver process writes it.
 
-    >>> store = ResultsStore(sweep_dir); store.done_fingerprints()
+    >>> store = ResultsStore(sweep_dir); store.done_runs()
     """
 
     def __init__(self, sweep_dir: Path):
         self.path = sweep_dir / RESULTS_FILE
         self.connection = duckdb.connect(str(self.path))
+        self.connection.execute("SET threads = 1")  # one row at a time: its threads would only take the workers' cores
         columns = ", ".join(f'"{name}" {kind}' for name, kind in CORE_COLUMNS.items())
         self.connection.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
         existing = self._columns()  # a results file written before a core column existed
         for name, kind in CORE_COLUMNS.items():
             if name not in existing:
                 self.connection.execute(f'ALTER TABLE runs ADD COLUMN "{name}" {kind}')
+        self.columns = self._columns()  # only this process writes the file: kept, not asked for each row
 
     def _columns(self) -> set[str]:
         return {row[0] for row in self.connection.execute("DESCRIBE runs").fetchall()}
 
-    def done_fingerprints(self) -> dict[str, str | None]:
-        """run_id -> input fingerprint of every successful run (None for runs stored without one)."""
-        query = "SELECT run_id, fingerprint FROM runs WHERE status = 'ok'"
-        return dict(self.connection.execute(query).fetchall())
+    def done_runs(self) -> dict[str, tuple[str | None, str]]:
+        """run_id -> (input fingerprint, the files its folder holds: ``light`` or ``all``) of every successful
+        run; the fingerprint is None for runs stored without one. A row stored before ``run_files`` was recorded
+        holds all files when its folder has signals.parquet (written only with all of them).
+
+        >>> store.done_runs()  # {"3f2a...": ("9c1e...", "light"), ...}
+        """
+        query = "SELECT run_id, fingerprint, run_files, run_dir FROM runs WHERE status = 'ok'"
+        return {run_id: (fingerprint, files or ("all" if run_dir and (Path(run_dir) / "signals.parquet").is_file()
+                                                 else "light"))
+                for run_id, fingerprint, files, run_dir in self.connection.execute(query).fetchall()}
 
     def write(self, run_id: str, params: dict[str, str], overrides: str, run_dir: str, outcome: dict,
-              fingerprint: str, inputs: dict, engine: str | None = None, screen_of: str | None = None) -> None:
-        """Store one run's row (``screen_of``: for a backtrader re-run of a screened run, that run's id)."""
+              fingerprint: str, inputs: dict, engine: str | None = None, screen_of: str | None = None,
+              run_files: str = "all") -> None:
+        """Store one run's row (``screen_of``: for a backtrader re-run of a screened run, that run's id;
+        ``run_files``: the files it wrote, hydra.launcher.run_files)."""
         row: dict[str, Any] = {"run_id": run_id, "status": outcome["status"], "error": outcome["error"],
-                               "engine": engine, "screen_of": screen_of,
+                               "engine": engine, "screen_of": screen_of, "run_files": run_files,
                                "overrides": overrides, "run_dir": run_dir, "elapsed_seconds": outcome["elapsed_seconds"],
                                "finished_at": pd.Timestamp.now(tz="UTC").tz_localize(None).to_pydatetime(),
                                "cache": json.dumps(outcome["cache"], sort_keys=True), "fingerprint": fingerprint,
@@ -451,14 +487,22 @@ class ResultsStore:
             if isinstance(value, (bool, int, float, np.integer, np.floating)) or value is None:
                 row[key] = None if value is None or (isinstance(value, float) and not np.isfinite(value)) else float(value)
                 kinds[key] = "DOUBLE"
-        existing = self._columns()
         for key, kind in kinds.items():
-            if key not in existing:
+            if key not in self.columns:
                 self.connection.execute(f'ALTER TABLE runs ADD COLUMN "{key}" {kind}')
+                self.columns.add(key)
         names = list(row)
         placeholders = ", ".join("?" for _ in names)
         quoted = ", ".join(f'"{name}"' for name in names)
-        self.connection.execute(f"INSERT OR REPLACE INTO runs ({quoted}) VALUES ({placeholders})", [row[n] for n in names])
+        # the row replaced in one transaction (half the work of INSERT OR REPLACE)
+        self.connection.execute("BEGIN TRANSACTION")
+        try:
+            self.connection.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
+            self.connection.execute(f"INSERT INTO runs ({quoted}) VALUES ({placeholders})", [row[n] for n in names])
+            self.connection.execute("COMMIT")
+        except BaseException:
+            self.connection.execute("ROLLBACK")
+            raise
 
     def frame(self, run_ids: Sequence[str]) -> pd.DataFrame:
         ids = pd.DataFrame({"run_id": list(run_ids)})
@@ -471,11 +515,65 @@ class ResultsStore:
 
 # --- the sweep -------------------------------------------------------------------------------------------------
 
+def compose_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequence[str]]) -> Iterator[DictConfig]:
+    """Each job's config, in order, exactly as Hydra's ``config_loader.load_sweep_config(master, overrides)``
+    composes it, with one composition per distinct choice of config groups instead of one per job (a composition
+    reads and merges every YAML file: a quarter of a second, several times a screening run). A job's value overrides
+    (``key=value``, ``+key=value``, ``~key`` on keys that are no config group: Hydra's own split) are applied to a
+    copy of that composition by Hydra's own code, as Hydra applies them after composing; the hydra node's
+    record of the overrides is then the job's own. A job overriding a ``hydra.*`` key is composed alone.
+
+    >>> configs = list(compose_jobs(hydra_context.config_loader, config, job_overrides))
+    """
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    parser = OverridesParser.create()
+    hydra_overrides = list(OmegaConf.to_container(master.hydra.overrides.hydra))
+    # the repository a composition reads config groups from (the search path, with the primary config's own)
+    _, repository = config_loader._parse_overrides_and_create_caching_repo(master.hydra.job.config_name,
+                                                                           hydra_overrides)
+    bases: dict[tuple[str, ...], DictConfig] = {}
+    for overrides in job_overrides:
+        parsed = parser.parse_overrides(list(overrides))
+        if any(o.is_hydra_override() or o.is_sweep_override() for o in parsed):
+            yield config_loader.load_sweep_config(master, list(overrides))
+            continue
+        is_value = [isinstance(o.value(), dict) or not repository.group_exists(o.key_or_group) for o in parsed]
+        values = [o for o, value in zip(parsed, is_value) if value]
+        groups = tuple(o.input_line for o, value in zip(parsed, is_value) if not value)
+        if groups not in bases:
+            bases[groups] = config_loader.load_sweep_config(master, list(groups))
+        config = copy.deepcopy(bases[groups])
+        try:
+            ConfigLoaderImpl._apply_overrides_to_config(values, config)
+        except OmegaConfBaseException as error:  # as Hydra's load_configuration reports it
+            raise ConfigCompositionException().with_traceback(sys.exc_info()[2]) from error
+        naming = config.hydra.job.config.override_dirname
+        config.hydra.overrides.task = [o.input_line for o in parsed]
+        config.hydra.job.override_dirname = get_overrides_dirname(
+            overrides=parsed, kv_sep=naming.kv_sep, item_sep=naming.item_sep, exclude_keys=naming.exclude_keys)
+        OmegaConf.copy_cache(from_config=master, to_config=config)
+        yield config
+
+
 def _job_container(sweep_config: DictConfig) -> dict:
+    """The job's config without its hydra node, resolved, as plain containers (what a worker runs; a value not
+    given stays "???"); an interpolation that does not resolve is a ConfigError naming its key."""
+    from omegaconf.errors import OmegaConfBaseException
+
     container = OmegaConf.to_container(sweep_config, resolve=False)
     container.pop("hydra", None)
-    job = OmegaConf.create(container)
-    return OmegaConf.to_container(job, resolve=True)
+    try:
+        return OmegaConf.to_container(OmegaConf.create(container), resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:  # as engine.config.validate_config reports it
+        detail = str(getattr(error, "msg", None) or error).strip()
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {detail.splitlines()[0] if detail else detail}") from None
 
 
 def _params(overrides: Sequence[str]) -> dict[str, str]:
@@ -486,50 +584,75 @@ def _params(overrides: Sequence[str]) -> dict[str, str]:
     return params
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """``hydra.launcher``'s settings of one sweep (``conf/hydra/launcher/newsbt.yaml`` documents each)."""
+
+    backend: str = "local"
+    workers: int | None = None
+    ray_address: str | None = None
+    metric: str = "sharpe"
+    heatmap: Sequence[str] | None = None
+    screen_top_k: int | None = None
+    run_files: str = "all"
+
+
 def launch_sweep(hydra_context, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
-                 backend: str, workers: int | None, ray_address: str | None, metric: str,
-                 heatmap: Sequence[str] | None, screen_top_k: int | None = None, run_files: str = "all") -> list[JobReturn]:
-    """Run a Hydra multirun sweep (called by the ``newsbt`` launcher); see the module docstring. ``screen_top_k``:
-    re-run the best k engine=vectorized runs by ``metric`` with engine=backtrader (``screen_again``); ``run_files``:
-    the files of each run of the sweep (engine.run.run's ``files``; the re-runs write all of theirs)."""
+                 **launcher: Any) -> list[JobReturn]:
+    """Run a Hydra multirun sweep (called by the ``newsbt`` launcher with its settings, ``SweepOptions``); see the
+    module docstring. ``screen_top_k``: re-run the best k engine=vectorized runs by ``metric`` with
+    engine=backtrader (``screen_again``); ``run_files``: the files of each run of the sweep (engine.run.run's
+    ``files``; the re-runs write all of theirs)."""
     try:
-        return _launch(hydra_context, config, job_overrides, initial_job_idx, backend, workers, ray_address,
-                       metric, heatmap, screen_top_k, run_files)
+        return _launch(hydra_context, config, job_overrides, initial_job_idx, SweepOptions(**launcher))
     except NewsbtError as error:
         print(f"newsbt: error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-def _launch(hydra_context, config, job_overrides, initial_job_idx, backend, workers, ray_address, metric, heatmap,
-            screen_top_k, run_files):
-    if backend not in ("local", "ray"):
-        raise ConfigError(f"hydra.launcher.backend: must be 'local' or 'ray', got {backend!r}")
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
-        raise ConfigError(f"hydra.launcher.workers: must be a positive integer or null, got {workers!r}")
-    workers = workers or os.cpu_count() or 1
+def _launch(hydra_context, config: DictConfig, job_overrides, initial_job_idx: int, options: SweepOptions):
+    if options.backend not in ("local", "ray"):
+        raise ConfigError(f"hydra.launcher.backend: must be 'local' or 'ray', got {options.backend!r}")
+    if options.workers is not None and (not isinstance(options.workers, int) or options.workers < 1):
+        raise ConfigError(f"hydra.launcher.workers: must be a positive integer or null, got {options.workers!r}")
+    options = replace(options, workers=options.workers or os.cpu_count() or 1)
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(sweep_dir)
-    executor = RaySession(sweep_dir, workers, ray_address) if backend == "ray" else LocalPool(workers)
+    executor = RaySession(sweep_dir, options.workers, options.ray_address) if options.backend == "ray" \
+        else LocalPool(options.workers)
     try:
         with executor:
-            return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric,
-                              heatmap, sweep_dir, store, executor, screen_top_k, run_files)
+            return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, options, sweep_dir, store,
+                              executor)
     finally:
-        if backend == "ray":
+        if options.backend == "ray":
             shutil.rmtree(sweep_dir / "ray", ignore_errors=True)
 
 
-def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, workers, metric, heatmap, sweep_dir,
-               store, executor, screen_top_k=None, run_files="all"):
+class _Clock:
+    """Seconds of each phase of a sweep, printed at its end (``bench/grid.py`` reads the line)."""
+
+    def __init__(self) -> None:
+        self.last, self.seconds = time.perf_counter(), {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
+def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx: int, options: SweepOptions,
+               sweep_dir: Path, store: ResultsStore, executor) -> list[JobReturn]:
+    clock = _Clock()
     jobs = []
-    for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-        sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
-        validate_config(sweep_config)  # every job, before any runs: a bad value fails the sweep, not one run
+    composed = compose_jobs(hydra_context.config_loader, config, job_overrides)
+    for number, (overrides, sweep_config) in enumerate(zip(job_overrides, composed), start=initial_job_idx):
+        job = _job_container(sweep_config)
+        validate_config(job)  # every job, before any runs: a bad value fails the sweep, not one run
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = number
             sweep_config.hydra.job.num = number
-        job = _job_container(sweep_config)
         run_id = config_hash(job)
         jobs.append({"number": number, "overrides": list(overrides), "job": job, "run_id": run_id,
                      "params": _params(overrides), "run_dir": str(sweep_dir / "runs" / run_id),
@@ -543,14 +666,19 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
         else:
             runs[job["run_id"]] = job
     merged = len(jobs) - len(runs)
-    # 0. A run done before with other inputs (data, signal providers, code) is stale and runs again.
+    clock.lap("composing")
+    # 0. A run done before with other inputs (data, signal providers, code) is stale and runs again; one stored
+    # with fewer files than this sweep asks for (run_files light, now all) runs again to write them.
     _fingerprint(list(runs.values()), executor)
-    stored = store.done_fingerprints()
-    pending = [run for run in runs.values() if stored.get(run["run_id"], "") != run["fingerprint"]]
-    stale = sum(run["run_id"] in stored for run in pending)
+    stored = store.done_runs()
+    pending = [run for run in runs.values() if not _already_done(run, stored, options.run_files)]
+    stale = sum(run["run_id"] in stored and stored[run["run_id"]][0] != run["fingerprint"] for run in pending)
+    lighter = sum(run["run_id"] in stored and stored[run["run_id"]][0] == run["fingerprint"] for run in pending)
     print(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(runs)} distinct runs ({merged} duplicates merged), "
-          f"{len(runs) - len(pending)} already done, {stale} stale (inputs changed: run again), {len(pending)} to run "
-          f"({backend}, {workers} workers)", flush=True)
+          f"{len(runs) - len(pending)} already done, {stale} stale (inputs changed: run again), "
+          + (f"{lighter} with fewer files than asked (run again), " if lighter else "")
+          + f"{len(pending)} to run ({options.backend}, {options.workers} workers)", flush=True)
+    clock.lap("fingerprints")
 
     cache_counts: Counter = Counter()
     # 1. Each distinct signal config once, so no two runs ever compute the same signals. A config whose
@@ -558,19 +686,23 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
     distinct: dict[str, dict] = {}
     for job in pending:
         distinct.setdefault(signal_key(job["job"]), job["job"])
-    for _, outcome in executor.map(execute_prepare, [(job,) for job in distinct.values()]):
+    # Workers with no signals to prepare load the data meanwhile, which their first run would do.
+    idle = [(job["job"], True) for job in pending[:max(0, options.workers - len(distinct))]]
+    for index, outcome in executor.map(execute_prepare, [(job, False) for job in distinct.values()] + idle):
         cache_counts.update(outcome["cache"])
-        if outcome["error"]:
+        if outcome["error"] and index < len(distinct):  # a load that fails fails that config's preparation too
             print(f"  signals could not be prepared: {outcome['error'].splitlines()[0]}", flush=True)
+    clock.lap("signals")
     # 2. The runs, each stored as soon as it ends.
     failed = 0
+    calls = [(job["job"], job["run_dir"], options.run_files) for job in pending]
     try:
-        for index, outcome in executor.map(execute_run, [(job["job"], job["run_dir"], run_files) for job in pending]):
+        for index, outcome in executor.map(execute_run, calls):
             job = pending[index]
             overrides = " ".join(filter_overrides(job["overrides"]))
             cache_counts.update(outcome["cache"])
             store.write(job["run_id"], job["params"], overrides, job["run_dir"], outcome, job["fingerprint"],
-                        job["inputs"], engine=job["job"].get("engine"))
+                        job["inputs"], engine=job["job"].get("engine"), run_files=options.run_files)
             failed += outcome["status"] != "ok"
             state = "ok" if outcome["status"] == "ok" else f"error: {outcome['error'].splitlines()[0]}"
             print(f"  run {job['number']} [{job['run_id']}] {overrides}: {state}", flush=True)
@@ -582,24 +714,46 @@ def _run_sweep(hydra_context, config, job_overrides, initial_job_idx, backend, w
                           "run the same command again to resume") from None
     if failed:
         print(f"{failed} of {len(pending)} runs failed; their errors are in {store.path} and the summary", flush=True)
+    clock.lap("runs")
 
-    rechecks = screen_again(list(runs.values()), store, executor, metric, screen_top_k, sweep_dir, cache_counts) \
-        if screen_top_k else {}
+    rechecks = screen_again(list(runs.values()), store, executor, options.metric, options.screen_top_k, sweep_dir,
+                            cache_counts) if options.screen_top_k else {}
     results = store.frame(list(runs))
-    agreement = engine_agreement(results, store.frame(list(rechecks)), metric) if rechecks else None
+    agreement = engine_agreement(results, store.frame(list(rechecks)), options.metric) if rechecks else None
     if agreement is not None:
-        print(f"screen: max |Δ {metric}| between the engines {agreement[f'abs_diff_{metric}'].max():.3g}, "
+        largest = agreement[f"abs_diff_{options.metric}"].max()
+        print(f"screen: max |Δ {options.metric}| between the engines {largest:.3g}, "
               f"max |Δ final_value| {agreement['abs_diff_final_value'].max():.3g}", flush=True)
     store.close()
-    summary = write_summary(sweep_dir, results, sorted({k for job in jobs for k in job["params"]}), metric, heatmap,
-                            dict(cache_counts), agreement)
+    clock.lap("screen")
+    summary = write_summary(sweep_dir, results, sorted({k for job in jobs for k in job["params"]}), options.metric,
+                            options.heatmap, dict(cache_counts), agreement)
+    clock.lap("summary")
     print(f"cache: {', '.join(f'{k} {v}' for k, v in sorted(cache_counts.items())) or 'nothing computed'}")
+    seconds = clock.seconds
+    rate = f"{len(pending) / seconds['runs']:.2f} runs/s" if pending and seconds["runs"] > 0 else "no runs"
+    print(f"time: composing {seconds['composing']:.2f} s, fingerprints {seconds['fingerprints']:.2f} s, signals "
+          f"{seconds['signals']:.2f} s, {len(pending)} runs {seconds['runs']:.2f} s ({rate}), "
+          + (f"screen {seconds['screen']:.2f} s, " if rechecks else "") + f"summary {seconds['summary']:.2f} s")
     print(f"results: {sweep_dir / RESULTS_FILE}\nsummary: {summary}")
     return [JobReturn(overrides=job["overrides"], cfg=job["config"], hydra_cfg=config, working_dir=job["run_dir"],
                       task_name="engine.run", status=JobStatus.COMPLETED,
                       _return_value=results.set_index("run_id").loc[job["run_id"]].to_dict()
                       if job["run_id"] in set(results["run_id"]) else None)
             for job in jobs]
+
+
+# What each value of hydra.launcher.run_files writes, in increasing order: a run stored with one of these is done
+# for a sweep asking for it or any before it.
+RUN_FILES = ("light", "all")
+
+
+def _already_done(run: dict, stored: dict[str, tuple[str | None, str]], run_files: str) -> bool:
+    """Whether ``run`` is stored as successful with the same input fingerprint and at least the files asked."""
+    if run["run_id"] not in stored:
+        return False
+    fingerprint, files = stored[run["run_id"]]
+    return fingerprint == run["fingerprint"] and RUN_FILES.index(files) >= RUN_FILES.index(run_files)
 
 
 def screen_again(runs: list[dict], store: ResultsStore, executor, metric: str, top_k: int, sweep_dir: Path,
@@ -628,8 +782,8 @@ def screen_again(runs: list[dict], store: ResultsStore, executor, metric: str, t
         rechecks.append({**run, "job": job, "run_id": recheck_id, "run_dir": str(sweep_dir / "runs" / recheck_id),
                          "screen_of": run_id, "overrides": [*overrides, "engine=backtrader"],
                          "params": {**params, "engine": "backtrader"} if "engine" in run["params"] else params})
-    stored = store.done_fingerprints()
-    pending = [run for run in rechecks if stored.get(run["run_id"], "") != run["fingerprint"]]
+    stored = store.done_runs()
+    pending = [run for run in rechecks if not _already_done(run, stored, "all")]
     print(f"screen: the best {len(rechecks)} of {len(ok)} engine=vectorized runs by {metric} again with "
           f"engine=backtrader ({len(rechecks) - len(pending)} already done)", flush=True)
     for index, outcome in executor.map(execute_run, [(run["job"], run["run_dir"]) for run in pending]):

@@ -195,6 +195,18 @@ def rule_is_learned(cfg: DictConfig) -> bool:
     return bool(getattr(hydra.utils.get_class(cfg.strategy._target_), "learned", False))
 
 
+def load_data(cfg: DictConfig) -> None:
+    """Load, link and align the data of ``cfg`` in this process and count its news, as a run does first (kept for
+    the process's later runs): a sweep's worker does it while another prepares the signals.
+
+    >>> load_data(cfg)
+    """
+    data_json = json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True)
+    roots = tuple(project_path(root) for root in cfg.paths.roots)
+    _aligned_dataset(data_json, roots, cfg.latency_minutes)
+    _news_accounting(data_json, roots, cfg.latency_minutes)
+
+
 def prepare_signals(cfg: DictConfig) -> None:
     """Compute and cache every signal a run of ``cfg`` reads: the fixed providers (and their per-item scores),
     and for a learned rule the windowed providers of every walk-forward window, so that the runs of a sweep
@@ -244,6 +256,23 @@ def in_out_of_sample_sharpe(cfg: DictConfig, decisions: Decisions, returns: pd.S
             "out_of_sample_sharpe": performance_metrics(returns.iloc[train:])["sharpe"]}
 
 
+_BENCHMARKS: dict[str, np.ndarray] = {}  # _benchmark_values' results in this process, by their inputs' fingerprint
+
+
+def _benchmark_values(backtest, bars: pd.DataFrame, broker: dict) -> np.ndarray:
+    """The buy-and-hold benchmark's daily book values: ``backtest(bars, broker)``, computed once per process
+    for the same engine, broker settings and bars (every run of a sweep over rule parameters has the same
+    benchmark); the key is a fingerprint of the bars' content, so other bars or settings compute their own."""
+    from engine.cache import fingerprint
+
+    key = fingerprint(f"{backtest.__module__}.{backtest.__qualname__}", broker, bars)
+    if key not in _BENCHMARKS:
+        if len(_BENCHMARKS) >= 8:
+            _BENCHMARKS.pop(next(iter(_BENCHMARKS)))
+        _BENCHMARKS[key] = backtest(bars, broker).book["value"].to_numpy().copy()
+    return _BENCHMARKS[key].copy()
+
+
 def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
     """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics. ``files``:
     ``all``, or ``light`` (a sweep's screen, ``hydra.launcher.run_files``): the same metrics and config, equity,
@@ -287,11 +316,12 @@ def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
     with clock("backtest"):
         result = backtest(backtest_bars(prices, weights), strategy_broker, risk)
         hold = to_weights(BuyAndHold().target(features[keep]))
-        benchmark = backtest(backtest_bars(prices, hold), dict(broker, rebalance_band=math.inf))
+        benchmark_values = _benchmark_values(backtest, backtest_bars(prices, hold),
+                                             dict(broker, rebalance_band=math.inf))
 
     equity = pd.DataFrame({"date": result.book["date"], "value": result.book["value"]})
     equity["returns"] = equity["value"].pct_change().fillna(equity["value"].iloc[0] / broker["cash"] - 1)
-    equity["benchmark_value"] = benchmark.book["value"].to_numpy()
+    equity["benchmark_value"] = benchmark_values
     equity["benchmark_returns"] = equity["benchmark_value"].pct_change().fillna(
         equity["benchmark_value"].iloc[0] / broker["cash"] - 1)
     returns = pd.Series(equity["returns"].to_numpy(), index=pd.DatetimeIndex(equity["date"]))

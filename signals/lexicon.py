@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,19 @@ _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")  # Unicode letters, keeps "don't
 def read_wordlist(path: Path) -> frozenset[str]:
     """The upper-case words of one LM list file (``WORD,YEAR`` lines)."""
     try:
-        lines = path.read_text(encoding="ascii").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: word list not found") from None
+    try:
+        return _words(data)
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not ASCII at byte {error.start}") from None
+
+
+@lru_cache(maxsize=8)
+def _words(data: bytes) -> frozenset[str]:
+    # Parsed once per content in a process (keyed by the bytes themselves): every run of a sweep reads the lists.
+    lines = data.decode("ascii").splitlines()
     return frozenset(line.split(",")[0].strip().upper() for line in lines if line.strip())
 
 

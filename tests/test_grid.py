@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -282,3 +283,213 @@ def test_a_vectorised_screen_re_runs_its_best_runs_with_backtrader(tmp_path):
     # Resumed: nothing runs again, the re-runs included.
     again = sweep(tmp_path, tmp_path / "s", *GRID, *screen)
     assert "4 already done" in again.stdout and "(2 already done)" in again.stdout and "re-run of" not in again.stdout
+
+
+def test_a_light_sweep_resumed_with_all_files_runs_again_to_write_them(tmp_path):
+    write_dataset(tmp_path)
+    sweeps = tmp_path / "s"
+    grid_overrides = ["strategy.window_sessions=2", "hydra.launcher.workers=1"]
+    sweep(tmp_path, sweeps, *grid_overrides, "hydra.launcher.run_files=light")
+    run_dir = Path(results(sweeps)["run_dir"].iloc[0])
+    assert not (run_dir / "signals.parquet").exists()
+    light_metrics = json.loads((run_dir / "metrics.json").read_text())
+    # Asked for every file now: the light run is not done, it runs again and writes them.
+    output = sweep(tmp_path, sweeps, *grid_overrides, "hydra.launcher.run_files=all")
+    assert "0 already done" in output.stdout and "1 with fewer files than asked (run again)" in output.stdout
+    assert {"signals.parquet", "news.parquet", "decisions.csv"} <= {path.name for path in run_dir.iterdir()}
+    frame = results(sweeps)
+    assert len(frame) == 1 and frame["run_files"].tolist() == ["all"]
+    all_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {k: v for k, v in all_metrics.items() if k != "stage_seconds"} == \
+        {k: v for k, v in light_metrics.items() if k != "stage_seconds"}
+    # A run with every file is done for a light sweep, and for one asking for all of them.
+    for files in ("light", "all"):
+        again = sweep(tmp_path, sweeps, *grid_overrides, f"hydra.launcher.run_files={files}")
+        assert "1 already done" in again.stdout and "0 to run" in again.stdout
+
+
+def test_a_row_stored_before_run_files_was_recorded_reads_its_folder(tmp_path):
+    store = grid.ResultsStore(tmp_path)
+    outcome = {"status": "ok", "error": None, "elapsed_seconds": 1.0, "cache": {}, "metrics": {"sharpe": 1.0}}
+    for run_id, files in (("full", ["signals.parquet", "metrics.json"]), ("light", ["metrics.json"])):
+        (tmp_path / run_id).mkdir()
+        for name in files:
+            (tmp_path / run_id / name).write_text("x")
+        store.write(run_id, {}, "", str(tmp_path / run_id), outcome, "f", {}, run_files="all")
+    store.connection.execute("UPDATE runs SET run_files = NULL")
+    assert store.done_runs() == {"full": ("f", "all"), "light": ("f", "light")}
+    store.close()
+
+
+SWEEP_ARGUMENTS = ["data=djia", "strategy=sentiment,cluster", "signals/sentiment=lexicon,transformer",
+                   "strategy.name=first,second", "+extra.note=1", "~risk.var_limit", "broker.cash=5000,6000",
+                   "hydra.launcher.workers=1"]
+
+
+@pytest.fixture(scope="module")
+def hydra_app():
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.global_hydra import GlobalHydra
+
+    from engine.config import CONFIG_PATH, RUN_MODULE_FILE
+
+    GlobalHydra.instance().clear()
+    search_path = create_automatic_config_search_path(str(RUN_MODULE_FILE), None, CONFIG_PATH)
+    yield Hydra.create_main_hydra2(task_name="run", config_search_path=search_path)
+    GlobalHydra.instance().clear()
+
+
+def test_jobs_composed_once_per_choice_of_groups_equal_hydras_own_composition(hydra_app):
+    from hydra.types import RunMode
+
+    from engine.config import _sweep_jobs
+
+    master = hydra_app.compose_config("config", SWEEP_ARGUMENTS, run_mode=RunMode.MULTIRUN,
+                                      with_log_configuration=False)
+    jobs = _sweep_jobs(hydra_app, master, list(master.hydra.overrides.task))
+    assert len(jobs) == 16
+    loader = hydra_app.config_loader
+    composed = list(grid.compose_jobs(loader, master, jobs))
+    for job, fast in zip(jobs, composed):
+        slow = loader.load_sweep_config(master, job)  # Hydra composing the job alone
+        # the whole config, the hydra node (its record of the overrides, the output dir name) included
+        assert OmegaConf.to_yaml(fast) == OmegaConf.to_yaml(slow)
+        assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(slow)
+    by_job = {tuple(job): config for job, config in zip(jobs, composed)}
+    first = by_job[("data=djia", "strategy=cluster", "signals/sentiment=lexicon", "strategy.name=second",
+                    "+extra.note=1", "~risk.var_limit=null", "broker.cash=6000")]
+    assert first.strategy.name == "second" and first.broker.cash == 6000 and first.extra.note == 1
+    assert "var_limit" not in first.risk and first.signals.sentiment._target_.endswith("LexiconSentiment")
+    assert first.strategy._target_.endswith("ClusterRule")
+
+
+@pytest.mark.parametrize("bad", [["strategy.nope=1"], ["+broker.cash=1"], ["~risk.nope"], ["strategy=nope"]])
+def test_a_job_that_does_not_compose_fails_as_in_hydra(hydra_app, bad):
+    from hydra.types import RunMode
+
+    master = hydra_app.compose_config("config", ["hydra.launcher.workers=1"], run_mode=RunMode.MULTIRUN,
+                                      with_log_configuration=False)
+    with pytest.raises(Exception) as hydra_error:
+        hydra_app.config_loader.load_sweep_config(master, bad)
+    with pytest.raises(type(hydra_error.value)) as ours:
+        list(grid.compose_jobs(hydra_app.config_loader, master, [bad]))
+    assert str(ours.value) == str(hydra_error.value)
+
+
+def sha256_of_frame(frame):
+    """engine.cache.fingerprint of one frame, written out from its definition: column names, then pandas' row
+    hashes (values and index), then the part separator."""
+    digest = hashlib.sha256(json.dumps([str(c) for c in frame.columns]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def news_like_frame(rows=50):
+    sessions = pd.date_range("2020-01-02 14:30", periods=rows, freq="D", tz="UTC")
+    return pd.DataFrame({"ticker": pd.array(["AAA", "BBB"] * (rows // 2), dtype="str"), "session": sessions,
+                         "text": pd.array([f"headline number {n}" for n in range(rows)], dtype="str"),
+                         "score": np.linspace(-1, 1, rows), "count": np.arange(rows)})
+
+
+def test_a_frame_is_hashed_once_and_any_edited_value_gives_another_key(monkeypatch):
+    from engine import cache
+
+    hashed = []
+    real = pd.util.hash_pandas_object
+    monkeypatch.setattr(pd.util, "hash_pandas_object", lambda *a, **k: hashed.append(1) or real(*a, **k))
+    monkeypatch.setattr(cache, "_ROW_HASHES", type(cache._ROW_HASHES)())
+    frame = news_like_frame()
+    first = cache.fingerprint(frame)
+    assert first == sha256_of_frame(frame) and len(hashed) == 2  # pandas hashed it (and the reference did)
+    assert cache.fingerprint(frame[["ticker", "session", "text", "score", "count"]]) == first  # a new frame object
+    assert cache.fingerprint(frame.copy()) == first and len(hashed) == 2  # same content: hashed no more
+    edits = [("text", 7, "headline number 7!"), ("score", 3, 0.5), ("count", 0, 99), ("ticker", 4, "CCC"),
+             ("session", 9, pd.Timestamp("2021-01-01", tz="UTC"))]
+    keys = {first}
+    for column, row, value in edits:
+        edited = news_like_frame()
+        edited.loc[row, column] = value  # one value, edited in place
+        key = cache.fingerprint(edited)
+        assert key == sha256_of_frame(edited) and key not in keys
+        keys.add(key)
+    # In place on the very frame already hashed (its memory reused): still another key, the right one.
+    values = frame["score"].to_numpy(copy=False)
+    if values.flags.writeable:
+        values[5] = 42.0
+        assert cache.fingerprint(frame) == sha256_of_frame(frame) != first
+    frame.loc[5, "score"] = 43.0
+    assert cache.fingerprint(frame) == sha256_of_frame(frame) != first
+    # The index is part of the content.
+    assert cache.fingerprint(news_like_frame().set_index("count")) != \
+        cache.fingerprint(news_like_frame().set_index("count").rename(index=lambda n: n + 1))
+    # Frames of numbers only (cheap for pandas to hash) are memoised where they come back, in a sweep's workers.
+    numbers = news_like_frame()[["session", "score", "count"]]
+    hashed.clear()
+    cache.fingerprint(numbers), cache.fingerprint(numbers)
+    assert len(hashed) == 2
+    monkeypatch.setattr(cache, "_MEMOISE_NUMBERS", [True])
+    cache.fingerprint(numbers), cache.fingerprint(numbers.copy())
+    assert len(hashed) == 3
+    numbers.loc[2, "count"] = -1
+    assert cache.fingerprint(numbers) == sha256_of_frame(numbers) and len(hashed) == 5
+
+
+def test_kept_cache_frames_are_copies_and_follow_the_file(tmp_path, monkeypatch):
+    from engine import cache
+
+    monkeypatch.setattr(cache, "_READ_FRAMES", type(cache._READ_FRAMES)())
+    cache.keep_in_memory(1 << 20)
+    try:
+        store = cache.SignalCache(tmp_path)
+        computed = []
+
+        def compute(value):
+            return lambda: computed.append(value) or pd.DataFrame({"x": [value, value]})
+
+        assert store.get_or_compute("p", {"k": 1}, compute(1.0))["x"].tolist() == [1.0, 1.0]
+        read = store.get_or_compute("p", {"k": 1}, compute(2.0))
+        read.loc[0, "x"] = -5.0  # the caller's edit
+        read.index = [7, 8]
+        again = store.get_or_compute("p", {"k": 1}, compute(3.0))
+        assert again["x"].tolist() == [1.0, 1.0] and again.index.tolist() == [0, 1] and computed == [1.0]
+        # The file replaced (another process, or a user): read again; removed: computed again.
+        path = store.path("p", {"k": 1})
+        pd.DataFrame({"x": [4.0, 4.0, 4.0]}).to_parquet(path)
+        assert store.get_or_compute("p", {"k": 1}, compute(5.0))["x"].tolist() == [4.0, 4.0, 4.0]
+        path.unlink()
+        assert store.get_or_compute("p", {"k": 1}, compute(6.0))["x"].tolist() == [6.0, 6.0]
+        assert computed == [1.0, 6.0]
+    finally:
+        cache.keep_in_memory(0)
+
+
+def test_the_benchmark_is_computed_once_per_bars_and_broker(monkeypatch):
+    from engine import run as run_module
+    from engine.run import _benchmark_values
+    from engine.vectorized import run_vectorized
+    from tests.conftest import make_prices
+
+    monkeypatch.setattr(run_module, "_BENCHMARKS", {})
+    calls = []
+
+    def counted(bars, broker):
+        calls.append(1)
+        return run_vectorized(bars, broker)
+
+    dates = pd.bdate_range("2020-01-02", periods=6)
+    prices = make_prices(dates, [10, 11, 12, 11, 13, 14], [11, 12, 11, 13, 14, 15])
+    bars = run_module.backtest_bars(prices, pd.Series(
+        1.0, index=pd.MultiIndex.from_arrays([prices["ticker"], prices["timestamp"]], names=["ticker", "session"])))
+    broker = {"cash": 1000.0, "commission_bps": 0.0, "slippage_bps": 0.0, "fractional": False,
+              "rebalance_band": float("inf")}
+    first = _benchmark_values(counted, bars, broker)
+    # All in at the second session's open: 1000 // 11 = 90 units, 10 left in cash; marked at each close.
+    assert first.tolist()[1:] == [10 + 90 * close for close in [12, 11, 13, 14, 15]]
+    assert _benchmark_values(counted, bars.copy(), dict(broker)).tolist() == first.tolist() and len(calls) == 1
+    moved = bars.copy()
+    moved.iloc[3, moved.columns.get_loc("close")] = 20.0  # one value of the bars
+    assert _benchmark_values(counted, moved, broker)[3] == 10 + 90 * 20.0 and len(calls) == 2
+    richer = _benchmark_values(counted, bars, dict(broker, cash=2000.0))  # 181 units, 9 in cash
+    assert richer[1] == 9 + 181 * 12 and len(calls) == 3

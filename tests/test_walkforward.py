@@ -5,7 +5,11 @@ import pandas as pd
 import pytest
 
 from engine.backtest import run_backtest
+import engine.cache
+from engine.cache import SignalCache
 from engine.errors import ConfigError
+from engine.providers import Slot
+from engine.signal import SignalProvider
 from engine.strategy import Rule, to_weights
 from engine.walkforward import make_windows, training_rows, walk_forward
 from strategies.regression import RegressionRule
@@ -169,3 +173,54 @@ def test_cluster_rule_beats_buy_and_hold_on_a_planted_regime_and_not_on_noise():
 
     noise = planted_features(strength=0.0, seed=11, drift=0.0)
     assert_no_significant_edge(noise[1][test], cluster_exposure(noise, windows)[test])
+
+
+class TrainingMean(SignalProvider):
+    """A learned feature reader: each window's output is the mean ``signal`` of its training rows."""
+
+    name = "training-mean"
+    needs = ("signal",)
+    columns = ("signal_mean",)
+    learned = True
+    fits = []
+
+    def fit(self, inputs):
+        self.mean_ = float(inputs["signal"].mean())
+        TrainingMean.fits.append(self.mean_)
+        return self
+
+    def transform(self, inputs):
+        return pd.Series(self.mean_, index=inputs.index, name="signal_mean")
+
+
+def test_a_cached_window_is_computed_again_when_one_value_of_its_inputs_changes(tmp_path, monkeypatch):
+    hashed = []  # pandas hashing a window's rows (the cache key); each content once per process
+    real = pd.util.hash_pandas_object
+    monkeypatch.setattr(pd.util, "hash_pandas_object", lambda *a, **k: hashed.append(len(a[0])) or real(*a, **k))
+    monkeypatch.setattr(engine.cache, "_ROW_HASHES", type(engine.cache._ROW_HASHES)())
+    monkeypatch.setattr(engine.cache, "_MEMOISE_NUMBERS", [True])  # as in a sweep's worker (keep_in_memory)
+    features, outcomes = planted_features(n_sessions=60, tickers=("A", "B"))
+    windows = make_windows(features.index.get_level_values("session"), 20, 15, "expanding")
+    slots, cache = [Slot("signals.mean", TrainingMean())], SignalCache(tmp_path)
+
+    def means(frame):
+        TrainingMean.fits = []
+        result = walk_forward(frame, outcomes["forward_return"], windows, SpyRule, slots, cache=cache, progress=False)
+        return result.out_of_sample["signal_mean"].groupby(level="session").first().unique().tolist()
+
+    def training_means(frame):  # worked out without the provider: the mean signal before each test start
+        sessions = frame.index.get_level_values("session")
+        return [float(frame["signal"][(sessions >= w.train_start) & (sessions < w.test_start)].mean()) for w in windows]
+
+    before = means(features)
+    assert before == training_means(features) and len(TrainingMean.fits) == 3 and len(hashed) == 3
+    assert means(features) == training_means(features) and TrainingMean.fits == []  # every window from the cache
+    assert len(hashed) == 3  # and the same rows were not hashed again
+    # One value edited in place: a session the second window decides and the third trains on. The first
+    # window's rows (train_start through test_end) do not hold it: read from the cache; the others computed again.
+    session = features.index.get_level_values("session")[features.index.get_level_values("ticker") == "A"][40]
+    assert windows[0].test_end < session <= windows[1].test_end
+    features.loc[("A", session), "signal"] += 1.0
+    edited = means(features)
+    assert edited == training_means(features) and len(TrainingMean.fits) == 2 and len(hashed) == 5
+    assert edited[:2] == before[:2] and edited[2] != before[2]
