@@ -277,24 +277,28 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
         if news is None:
             raise ConfigError(f"{slot.key}: reads news, and none were given to the walk-forward")
         sessions = pd.DatetimeIndex(news["session"])
-        past = news[(sessions >= window.train_start) & (sessions < window.test_start)]
-        span = news[(sessions >= window.train_start) & (sessions <= window.test_end)]
+        in_past = (sessions >= window.train_start) & (sessions < window.test_start)
+        in_span = (sessions >= window.train_start) & (sessions <= window.test_end)
+        # The key reads three columns (and the item columns): the window's whole rows, every column of the news
+        # taken, are only needed to compute, not to find the entry in the cache.
+        keyed = news[["ticker", "session", "text", *provider.item_needs]]
+        span = keyed[in_span]
         key = {"provider": provider.name, "params": provider.params(), "window": bounds,
-               "past": fingerprint(past[["ticker", "session", "text"]]),
+               "past": fingerprint(keyed[in_past][["ticker", "session", "text"]]),
                "span": fingerprint(span[["ticker", "session", "text"]]), "version": WINDOW_CACHE_VERSION}
         key.update(_reads_key(provider, span, frame.index))
-        fit_on, apply_to = past, span
+        fit_on, apply_to = (lambda: news[in_past]), (lambda: news[in_span])
     else:
         inputs = frame[needed_columns(provider, frame.columns)]
         sessions = pd.DatetimeIndex(inputs.index.get_level_values("session"))
         key = {"provider": provider.name, "params": provider.params(), "window": bounds,
                "rows": fingerprint(inputs), "version": WINDOW_CACHE_VERSION}
-        fit_on, apply_to = inputs[sessions < window.test_start], inputs
+        fit_on, apply_to = (lambda: inputs[sessions < window.test_start]), (lambda: inputs)
 
     def compute() -> pd.DataFrame:
-        fitted = provider.fit(fit_on) if provider.learned else provider
-        output = _as_frame(_transform_news(fitted, apply_to, frame.index) if provider.reads_news
-                           else fitted.transform(apply_to))
+        fitted = provider.fit(fit_on()) if provider.learned else provider
+        output = _as_frame(_transform_news(fitted, apply_to(), frame.index) if provider.reads_news
+                           else fitted.transform(apply_to()))
         described = fitted.describe()
         # What the fit shows in reports (e.g. top words) travels in the cached file.
         output.attrs = {"describe": [] if described is None else described.to_dict(orient="records")}

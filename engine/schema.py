@@ -9,6 +9,7 @@ signals  indexed by (``ticker``, ``session``) where ``session`` is the UTC open 
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from engine.errors import DataError
@@ -80,10 +81,56 @@ def empty_signals(columns: list[str]) -> pd.DataFrame:
 
 
 def canonical_signals(frame: pd.DataFrame) -> pd.DataFrame:
-    """Return ``frame`` with its (ticker, session) index in canonical dtypes (str, datetime64[ns, UTC]), so
-    frames from different stages (or a Parquet round trip) join exactly."""
-    tickers = frame.index.get_level_values("ticker").astype(str)
-    sessions = pd.DatetimeIndex(frame.index.get_level_values("session")).tz_convert("UTC").as_unit("ns")
-    out = frame.copy()
-    out.index = pd.MultiIndex.from_arrays([tickers, sessions], names=SIGNAL_INDEX)
+    """Return ``frame`` (a copy) with its (ticker, session) index in canonical dtypes (str, datetime64[ns, UTC]),
+    so frames from different stages (or a Parquet round trip) join exactly.
+
+    >>> canonical_signals(pd.read_parquet(path)).index.levels[1].dtype  # datetime64[ns, UTC]
+    """
+    out = frame.copy(deep=False)  # pandas copies on write: as independent of ``frame`` as a deep copy
+    index = _with_canonical_levels(frame.index)
+    if index is None:
+        tickers = frame.index.get_level_values("ticker").astype(str)
+        sessions = pd.DatetimeIndex(frame.index.get_level_values("session")).tz_convert("UTC").as_unit("ns")
+        index = pd.MultiIndex.from_arrays([tickers, sessions], names=SIGNAL_INDEX)
+    out.index = index
     return out
+
+
+_TICKER_DTYPE = pd.Index([], dtype=object).astype(str).dtype  # what canonical_signals' astype(str) gives
+_SESSION_DTYPE = pd.DatetimeTZDtype("ns", "UTC")  # its tz is the object tz_convert("UTC") sets (timezone.utc)
+
+
+def is_canonical_index(index: pd.Index) -> bool:
+    """Whether ``index`` is exactly what ``canonical_signals`` builds from its values: levels ``ticker`` (str)
+    and ``session`` (datetime64[ns, UTC], the zone ``tz_convert("UTC")`` sets), each sorted with every value
+    used, no missing value.
+
+    >>> is_canonical_index(features.index)
+    """
+    # dtypes compare equal for any UTC object (ZoneInfo("UTC"), pytz.UTC): the zone itself must be the same one
+    return (isinstance(index, pd.MultiIndex) and index.nlevels == 2
+            and index.levels[0].dtype == _TICKER_DTYPE and index.levels[1].dtype == _SESSION_DTYPE
+            and index.levels[1].tz is _SESSION_DTYPE.tz and _with_canonical_levels(index) is not None)
+
+
+def _with_canonical_levels(index: pd.Index) -> pd.MultiIndex | None:
+    """``index`` with only its levels converted (tickers to str, sessions to ns in UTC), when that gives what
+    ``MultiIndex.from_arrays`` builds from its values, which factorises each array into its sorted distinct
+    values: so when each converted level is strictly increasing, every value used, none missing. Converting
+    a few thousand level values and one pass over the codes, instead of a string and a stamp per row; None
+    when the index must be rebuilt."""
+    if not isinstance(index, pd.MultiIndex) or list(index.names) != SIGNAL_INDEX:
+        return None
+    tickers, sessions = index.levels
+    if not isinstance(sessions, pd.DatetimeIndex) or sessions.tz is None:
+        return None
+    levels = [tickers.astype(str), sessions.tz_convert("UTC").as_unit("ns")]
+    for level, codes in zip(levels, index.codes):
+        if not (level.is_monotonic_increasing and level.is_unique):
+            return None
+        if len(codes) == 0:
+            if len(level):
+                return None
+        elif codes.min() < 0 or not np.bincount(codes, minlength=len(level)).all():
+            return None
+    return index.set_levels(levels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ast
 import csv
 import hashlib
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +12,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from engine.datasets import _stocknet_prices, load_catalog, load_dataset, resolve_file
+from engine.datasets import (_stocknet_prices, _strict_prices, _string_frame, _typed_prices, load_catalog, load_dataset,
+                              resolve_file)
 from engine.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -415,3 +417,81 @@ def test_csv_bad_news_timestamp_line_counts_embedded_newlines(tmp_path):
         load_dataset(csv_config(tmp_path, PRICES + "2016-01-04,A,1,1,1,1,1\n", news), [])
     # line 1 header, 2-3 the two-line record, 4 blank, 5 ok, 6 the bad stamp
     assert str(error.value) == f"{tmp_path / 'news.csv'}: line 6: cannot parse timestamp 'yesterday' in column 'timestamp'"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# csv prices read with typed columns (engine.datasets._typed_prices) when the strict reading would accept every cell
+
+COLUMNS = {"ticker": "ticker", "date": "date", "open": "open", "high": "high", "low": "low", "close": "close",
+           "volume": "volume"}
+
+
+def strict_prices(text: str, spec: dict | None = None) -> pd.DataFrame:
+    """The strict, cell-by-cell reading of a prices text: the second implementation the typed one must equal."""
+    return _strict_prices(_string_frame(text, Path("prices.csv")), spec or {}, COLUMNS, Path("prices.csv"), str)
+
+
+def test_csv_typed_reading_of_a_clean_file_gives_the_strict_readings_values(tmp_path):
+    # padded and quoted cells, CRLF and a blank line, an extra column with a comma, numbers as pandas' to_numeric
+    # reads them: 1e2, .25, +5, 6., 17 significant digits, 2**53 - 1
+    text = (
+        "date,ticker,open,high,low,close,volume,note\r\n"
+        ' 2019-01-02 , AAA ," 49.2796 ",1e2,.25,17.000000000000004,9007199254740991,x\r\n'
+        "\r\n"
+        '2019-01-03,AAA,49.28,100,0.5,3.141592653589793238,12,"a,b"\r\n'
+        "2019-01-02,BBB,+5,6.,.5,5.5,0,\r\n"
+    )
+    typed = _typed_prices(text, {}, COLUMNS)
+    assert typed is not None
+    assert typed.to_dict("list") == {
+        "ticker": ["AAA", "AAA", "BBB"],
+        "timestamp": [pd.Timestamp("2019-01-02"), pd.Timestamp("2019-01-03"), pd.Timestamp("2019-01-02")],
+        "open": [49.2796, 49.28, 5.0], "high": [100.0, 100.0, 6.0], "low": [0.25, 0.5, 0.5],
+        "close": [17.000000000000004, 3.141592653589793, 5.5], "volume": [9007199254740991.0, 12.0, 0.0],
+    }
+    pd.testing.assert_frame_equal(typed, strict_prices(text), check_exact=True)
+    # the date format is inferred from the first value, as the strict reading does: 01/02/2019 is January 2nd
+    text = PRICES + "01/02/2019,A,1,1,1,1,1\n01/03/2019,A,2,2,2,2,2\n"
+    typed = _typed_prices(text, {}, COLUMNS)
+    assert typed["timestamp"].tolist() == [pd.Timestamp("2019-01-02"), pd.Timestamp("2019-01-03")]
+    pd.testing.assert_frame_equal(typed, strict_prices(text), check_exact=True)
+    # a fixed ticker, no volume column
+    columns = {**COLUMNS, "volume": None}
+    typed = _typed_prices("date,close,open,high,low\n2019-01-02,2,1,3,0.5\n", {"ticker": "SPY"}, columns)
+    assert typed.values.tolist() == [["SPY", pd.Timestamp("2019-01-02"), 1.0, 3.0, 0.5, 2.0, 0.0]]
+
+
+@pytest.mark.parametrize("row, volume", [
+    ("2019-01-02,A,1,1,1,1,-0", 0.0),  # to_numeric reads "-0" as the integer 0: +0.0, not the float parser's -0.0
+    ("2019-01-02,A,1,1,1,1,9007199254740993", 9007199254740992.0),  # 2**53 + 1: an integer, rounded when cast
+    ("2019-01-02,A,\u00a01,1,1,1,7", 7.0),  # a no-break space, stripped by the strict reading only
+])
+def test_csv_cells_the_typed_reading_cannot_vouch_for_are_read_strictly(tmp_path, row, volume):
+    assert _typed_prices(PRICES + row + "\n", {}, COLUMNS) is None
+    data = load_dataset(csv_config(tmp_path, PRICES + row + "\n"), [])
+    assert data.prices["volume"].tolist() == [volume]
+    assert [math.copysign(1.0, value) for value in data.prices["volume"]] == [1.0]  # +0.0, never -0.0
+    assert data.prices["open"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("row, message", [
+    ("2019-01-02,A,True,1,1,1,1", "open 'True' in column 'open' is not a number"),  # the float parser reads 1.0
+    ("2019-01-02,A,1,1,1,1,false", "volume 'false' in column 'volume' is not a number"),
+    ("2019-01-02,A,inf,1,1,1,1\n2019-01-03,A,1,1,1,nan,1", "close 'nan' in column 'close' is not a number"),
+    ("2019-01-02,A,1,1,1,0,1", "close '0' in column 'close' is not a positive price"),
+    ("2019-01-02T00:00,A,1,1,1,1,1", "date '2019-01-02T00:00' in column 'date' has a time of day or a zone; "
+                                     "write the session's date only, e.g. 2019-01-02"),
+    ("2019-01-02, ,1,1,1,1,1", "empty ticker in column 'ticker'"),
+])
+def test_csv_bad_cells_keep_their_line_and_message(tmp_path, row, message):
+    assert _typed_prices(PRICES + row + "\n", {}, COLUMNS) is None
+    with pytest.raises(DataError) as error:
+        load_dataset(csv_config(tmp_path, PRICES + row + "\n"), [])
+    line = 2 + row.count("\n")
+    assert str(error.value) == f"{tmp_path / 'prices.csv'}: line {line}: {message}"
+
+
+def test_csv_more_cells_than_headers_are_read_strictly():
+    # pandas makes an index of the first cells: both readings see the same columns, the strict one decides
+    text = "date,ticker,open,high,low,close,volume\nX,2019-01-02,A,1,1,1,1,1\n"
+    assert _typed_prices(text, {}, COLUMNS) is None
