@@ -20,6 +20,7 @@ import math
 import shutil
 import sys
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -31,9 +32,10 @@ import pandas as pd
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from engine._csv import write_csv
 from engine.align import align_news, news_accounting, news_drop_report
 from engine.backtest import run_backtest
-from engine.cache import SignalCache, project_path
+from engine.cache import CACHE_STATS, SignalCache, fingerprint, project_path
 from engine.config import discard_run_folder, preflight, report_and_exit, strategy_parameters, validate_config
 from engine.datasets import load_dataset
 from engine.errors import NewsbtError
@@ -56,7 +58,7 @@ def make_rule(strategy_cfg: DictConfig) -> Rule:
 
 def backtest_bars(prices: pd.DataFrame, weights: pd.Series) -> pd.DataFrame:
     """Price bars indexed by (ticker, session) with the ``weight`` line."""
-    bars = prices.rename(columns={"timestamp": "session"}).set_index(["ticker", "session"])
+    bars = prices.drop(columns=["ticker", "timestamp"])
     bars.index = weights.index  # both are the sorted (ticker, session) grid
     return bars.assign(weight=weights.to_numpy())
 
@@ -153,6 +155,29 @@ def _news_accounting(data_json: str, roots: tuple[Path, ...], latency_minutes: f
     return json.dumps(news_accounting(dataset, latency_minutes))
 
 
+@dataclass
+class _SignalFrames:
+    """What ``build_inputs`` computed from one loaded dataset and signal config: the features with the fixed
+    providers' columns, the outcomes, the providers' counts, the items with their scores, and the signal cache
+    entries read for them (``CACHE_STATS`` labels)."""
+
+    aligned: pd.DataFrame  # the very frame _aligned_dataset holds: an entry serves only runs given that object
+    base_columns: list[str]
+    features: pd.DataFrame
+    outcomes: pd.DataFrame
+    stats: dict[str, dict]
+    items: pd.DataFrame
+    reads: Counter
+
+
+# build_inputs' frames in this process, for the runs of a sweep's worker that share their data and signals but not
+# their rule: keyed by a fingerprint of everything the frames are computed from (the data, signal and path config,
+# each provider's params(), which cover the files a provider reads, e.g. its model or word lists) and kept only
+# for the same loaded data (compared by identity while held). Handed out as copies (pandas copy-on-write): a run
+# that changes its frames changes no other run's. The two most recent are kept.
+_SIGNAL_FRAMES: OrderedDict[str, _SignalFrames] = OrderedDict()
+
+
 def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
     """Load, link and align the data, build the signal providers and compute (or read from the cache) the
     fixed ones' features and per-item scores; ``clock`` (new if None) gets the seconds of each stage.
@@ -170,6 +195,19 @@ def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
         clock.add(stage, 0.0 if _aligned_dataset.cache_info().hits > hits else spent)
     signals = OmegaConf.to_container(cfg.signals, resolve=True)
     slots = build_providers(signals, roots, cache_root)
+    key = fingerprint(data_json, [str(root) for root in roots], cfg.latency_minutes, str(cache_root), signals,
+                      [(slot.key, slot.provider.name, slot.provider.params()) for slot in slots])
+    known = _SIGNAL_FRAMES.get(key)
+    if known is not None and known.aligned is aligned:
+        _SIGNAL_FRAMES.move_to_end(key)
+        plan = plan_providers(slots, known.base_columns)
+        for slot in plan.fixed:  # nothing spent: read from this process's memory
+            clock.add(slot.slot, 0.0)
+        CACHE_STATS.update({f"{label.rpartition('.')[0]}.hit": count for label, count in known.reads.items()})
+        return Inputs(dataset, aligned, plan, known.features.copy(deep=False), known.outcomes.copy(deep=False), cache,
+                      {slot: dict(counts) for slot, counts in known.stats.items()}, linking,
+                      known.items.copy(deep=False), clock)
+    before = Counter(CACHE_STATS)
     grid = assemble_features(dataset.prices, [])
     plan = plan_providers(slots, list(grid.features.columns))
     features, stats = grid.features, {}
@@ -181,7 +219,13 @@ def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
             features = join_signals(features, frame, slot.key)
             if slot.provider.reads_news and slot.provider.item_columns:
                 items = items.join(item_scores(slot, aligned, cache))
-    return Inputs(dataset, aligned, plan, features, grid.outcomes, cache, stats, linking, items, clock)
+    _SIGNAL_FRAMES[key] = _SignalFrames(aligned, list(grid.features.columns), features, grid.outcomes,
+                                        {slot: dict(counts) for slot, counts in stats.items()}, items,
+                                        Counter(CACHE_STATS) - before)
+    while len(_SIGNAL_FRAMES) > 2:
+        _SIGNAL_FRAMES.popitem(last=False)
+    return Inputs(dataset, aligned, plan, features.copy(deep=False), grid.outcomes.copy(deep=False), cache, stats,
+                  linking, items.copy(deep=False), clock)
 
 
 def make_walk_forward(cfg: DictConfig, features: pd.DataFrame) -> list:
@@ -309,10 +353,11 @@ def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
     strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if rule_rebalances else math.inf)
     from strategies.buy_and_hold import BuyAndHold
 
-    from engine.vectorized import run_vectorized
-
-    # cfg.engine: backtrader's engine, or the vectorised one that reproduces its fills bit for bit
-    backtest = run_vectorized if cfg.engine == "vectorized" else run_backtest
+    # cfg.engine: backtrader's engine, or the vectorised one that reproduces its fills bit for bit (imported only
+    # for it: numba's import, and its compilation on a first run)
+    backtest = run_backtest
+    if cfg.engine == "vectorized":
+        from engine.vectorized import run_vectorized as backtest
     with clock("backtest"):
         result = backtest(backtest_bars(prices, weights), strategy_broker, risk)
         hold = to_weights(BuyAndHold().target(features[keep]))
@@ -375,11 +420,14 @@ def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
         equity.to_csv(stage / "equity.csv", index=False)
         result.trades.to_csv(stage / "trades.csv", index=False)
         result.fills.to_csv(stage / "fills.csv", index=False)
-        for name, frame in extra_files.items():
-            frame.to_csv(stage / name, index=False)
+        for name, frame in extra_files.items():  # predictions.csv: a row per ticker-session out of sample
+            write_csv(frame, stage / name)
         (stage / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if files != "light":  # the detail files (most of a vectorised run's time): no metric reads them
-            signals_out.to_parquet(stage / "signals.parquet")
+            # dictionary pages for the labels only: most float columns hardly repeat, and parquet fills a dictionary
+            # page for each before falling back to plain values (half the write time at 500 tickers)
+            labels = ["ticker", *[str(c) for c, kind in signals_out.dtypes.items() if kind.kind != "f"]]
+            signals_out.to_parquet(stage / "signals.parquet", use_dictionary=labels)
             inputs.items[list(NEWS_FILE_COLUMNS) + [c for c in inputs.items if c not in NEWS_FILE_COLUMNS]].to_parquet(
                 stage / "news.parquet", index=False)
             # event_study.csv (with the events provider on): the returns around each event type, over every session

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 
 # DIAGNOSTIC_COLUMNS: the columns of a signals frame written beside the signals, never signals themselves (the
 # session's bar and forward_return); defined once, where the engine splits them from the features.
@@ -33,6 +33,9 @@ def _plain(value: Any) -> Any:
 
 
 def _clean(returns: pd.Series) -> pd.Series:
+    if returns.dtype == np.float64:  # the usual case, without pandas' conversions: the same rows and values
+        finite = np.isfinite(returns.to_numpy())
+        return returns if finite.all() else returns[finite]
     return pd.to_numeric(returns, errors="coerce").replace([np.inf, -np.inf], np.nan).dropna().astype("float64")
 
 
@@ -88,9 +91,21 @@ def drawdown_periods(returns: pd.Series, top: int = 5) -> pd.DataFrame:
     return periods
 
 
-def _longest_drawdown_days(returns: pd.Series) -> int:
-    periods = drawdown_periods(returns, top=len(returns))
-    return int(periods["days"].max()) if len(periods) else 0
+def _longest_drawdown_days(returns: pd.Series, drawdown: pd.Series) -> int:
+    """The longest of ``drawdown_periods(returns)``' days (0 without a drawdown), from the ``drawdown`` of the
+    cleaned ``returns``: each period's first and last session at once, for a DatetimeIndex or numbered index."""
+    index = returns.index
+    if not (isinstance(index, pd.DatetimeIndex) and not index.hasnans) and index.dtype.kind not in "iuf":
+        periods = drawdown_periods(returns, top=len(returns))  # labels that may or may not be Timestamps
+        return int(periods["days"].max()) if len(periods) else 0
+    underwater = (drawdown.to_numpy() < 0).astype(np.int8)
+    edges = np.diff(underwater, prepend=0, append=0)
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1
+    if not len(starts):
+        return 0
+    if isinstance(index, pd.DatetimeIndex):  # calendar days, end - start + 1, as _period_days counts them
+        return int(((index[ends] - index[starts]).days + 1).max())
+    return int((ends - starts + 1).max())
 
 
 def _return_metrics(returns: pd.Series, periods_per_year: int) -> dict[str, Any]:
@@ -112,15 +127,19 @@ def _return_metrics(returns: pd.Series, periods_per_year: int) -> dict[str, Any]
     sharpe = mean / std * math.sqrt(periods_per_year) if std > 0 else math.nan
     downside = math.sqrt(float(np.sum(values[values < 0] ** 2)) / n)
     sortino = mean / downside * math.sqrt(periods_per_year) if downside > 0 else math.nan
-    max_drawdown = float(_drawdown(returns).min())
+    drawdown = _drawdown(returns)
+    max_drawdown = float(drawdown.min())
     calmar = cagr / abs(max_drawdown) if max_drawdown < 0 else math.nan
 
     alpha = 1.0 - VAR_CONFIDENCE
     var_historical = float(np.quantile(values, alpha))
     cvar_historical = float(values[values <= var_historical].mean())
     if std > 0:
-        var_parametric = float(stats.norm.ppf(alpha, mean, std))
-        cvar_parametric = mean - std * float(stats.norm.pdf(stats.norm.ppf(alpha))) / alpha
+        # scipy.stats.norm.ppf(alpha, mean, std) and norm.pdf(norm.ppf(alpha)) in scipy's own operations (importing
+        # scipy.stats takes about a second, in every process that writes a run's metrics)
+        quantile = float(special.ndtri(alpha))
+        var_parametric = quantile * std + mean
+        cvar_parametric = mean - std * float(np.exp(-(quantile * quantile) / 2.0) / np.sqrt(2 * np.pi)) / alpha
     else:
         var_parametric = cvar_parametric = math.nan
     active = values[values != 0]
@@ -132,7 +151,7 @@ def _return_metrics(returns: pd.Series, periods_per_year: int) -> dict[str, Any]
         "sharpe": sharpe,
         "sortino": sortino,
         "max_drawdown": max_drawdown,
-        "max_drawdown_days": _longest_drawdown_days(returns),
+        "max_drawdown_days": _longest_drawdown_days(returns, drawdown),
         "calmar": calmar,
         "var_95": var_historical,
         "cvar_95": cvar_historical,
@@ -298,9 +317,9 @@ def information_coefficients(
         ic = t_stat = cross_sectional = math.nan
         sessions = 0
         if n >= 2:
-            ic = _pearson(
-                stats.rankdata(pairs["signal"].to_numpy()), stats.rankdata(pairs["forward_return"].to_numpy())
-            )
+            from scipy.stats import rankdata
+
+            ic = _pearson(rankdata(pairs["signal"].to_numpy()), rankdata(pairs["forward_return"].to_numpy()))
         if n > 2 and math.isfinite(ic):
             with np.errstate(divide="ignore"):
                 t_stat = ic * math.sqrt(n - 2) / math.sqrt(1 - ic**2) if ic**2 < 1 else math.copysign(math.inf, ic)

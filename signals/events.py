@@ -815,6 +815,10 @@ def _session_grid(aligned: pd.DataFrame, sessions: pd.DataFrame | Sequence[Any])
 # features (per sentiment provider) and the per-item types (cached apart) of a run, or of a sweep's runs in one
 # worker, read the same texts (~4,500 items/s on one core: the djia headlines take ~15 s).
 _TYPE_MEMO: dict[str, str] = {}
+# The rules are this file (patterns, tie-breaks, text clean-up): any change to it recomputes the types. Hashed once,
+# as the process imports it: the digest names the code that runs (params() is read by every run of a sweep).
+_RULES_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
 
 class EventSignals(SignalProvider):
     """Event features per (ticker, session) as a signal provider (``event_features`` of the pattern classifier's
@@ -838,10 +842,8 @@ class EventSignals(SignalProvider):
         self.columns = tuple(event_columns(with_sentiment=sentiment is not None))
 
     def params(self) -> dict[str, Any]:
-        # The rules are this file (patterns, tie-breaks, text clean-up): any change to it recomputes the types.
-        rules = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
         return {"provider": self.name, "sentiment": self.sentiment, "novelty_sessions": self.novelty_sessions,
-                "rules": rules}
+                "rules": _RULES_DIGEST}
 
     def event_types(self, texts: pd.Series) -> np.ndarray:
         """The event type of each text (the pattern classifier), each distinct text classified once per process.

@@ -15,9 +15,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from gensim.corpora import Dictionary
-from gensim.models import LdaModel
-from gensim.parsing.preprocessing import STOPWORDS
 from scipy import sparse
 from scipy.special import psi
 from tqdm.auto import tqdm
@@ -27,10 +24,45 @@ from engine.errors import ConfigError
 from engine.schema import canonical_signals, empty_signals
 from engine.signal import SignalProvider
 
+# gensim is imported only to fit (gensim.corpora.Dictionary, gensim.models.LdaModel): its import takes seconds, and
+# every process that builds this provider (each run, each sweep worker) would pay for it. Its English stop words
+# (gensim.parsing.preprocessing.STOPWORDS of the pinned gensim 4.4.0; a test checks they are the same) are
+# therefore written out here.
+GENSIM_STOPWORDS = frozenset({
+    "a", "about", "above", "across", "after", "afterwards", "again", "against", "all", "almost", "alone", "along",
+    "already", "also", "although", "always", "am", "among", "amongst", "amoungst", "amount", "an", "and", "another",
+    "any", "anyhow", "anyone", "anything", "anyway", "anywhere", "are", "around", "as", "at", "back", "be", "became",
+    "because", "become", "becomes", "becoming", "been", "before", "beforehand", "behind", "being", "below", "beside",
+    "besides", "between", "beyond", "bill", "both", "bottom", "but", "by", "call", "can", "cannot", "cant", "co",
+    "computer", "con", "could", "couldnt", "cry", "de", "describe", "detail", "did", "didn", "do", "does", "doesn",
+    "doing", "don", "done", "down", "due", "during", "each", "eg", "eight", "either", "eleven", "else", "elsewhere",
+    "empty", "enough", "etc", "even", "ever", "every", "everyone", "everything", "everywhere", "except", "few",
+    "fifteen", "fifty", "fill", "find", "fire", "first", "five", "for", "former", "formerly", "forty", "found",
+    "four", "from", "front", "full", "further", "get", "give", "go", "had", "has", "hasnt", "have", "he", "hence",
+    "her", "here", "hereafter", "hereby", "herein", "hereupon", "hers", "herself", "him", "himself", "his", "how",
+    "however", "hundred", "i", "ie", "if", "in", "inc", "indeed", "interest", "into", "is", "it", "its", "itself",
+    "just", "keep", "kg", "km", "last", "latter", "latterly", "least", "less", "ltd", "made", "make", "many", "may",
+    "me", "meanwhile", "might", "mill", "mine", "more", "moreover", "most", "mostly", "move", "much", "must", "my",
+    "myself", "name", "namely", "neither", "never", "nevertheless", "next", "nine", "no", "nobody", "none", "noone",
+    "nor", "not", "nothing", "now", "nowhere", "of", "off", "often", "on", "once", "one", "only", "onto", "or",
+    "other", "others", "otherwise", "our", "ours", "ourselves", "out", "over", "own", "part", "per", "perhaps",
+    "please", "put", "quite", "rather", "re", "really", "regarding", "same", "say", "see", "seem", "seemed",
+    "seeming", "seems", "serious", "several", "she", "should", "show", "side", "since", "sincere", "six", "sixty",
+    "so", "some", "somehow", "someone", "something", "sometime", "sometimes", "somewhere", "still", "such", "system",
+    "take", "ten", "than", "that", "the", "their", "them", "themselves", "then", "thence", "there", "thereafter",
+    "thereby", "therefore", "therein", "thereupon", "these", "they", "thick", "thin", "third", "this", "those",
+    "though", "three", "through", "throughout", "thru", "thus", "to", "together", "too", "top", "toward", "towards",
+    "twelve", "twenty", "two", "un", "under", "unless", "until", "up", "upon", "us", "used", "using", "various",
+    "very", "via", "was", "we", "well", "were", "what", "whatever", "when", "whence", "whenever", "where",
+    "whereafter", "whereas", "whereby", "wherein", "whereupon", "wherever", "whether", "which", "while", "whither",
+    "who", "whoever", "whole", "whom", "whose", "why", "will", "with", "within", "without", "would", "yet", "you",
+    "your", "yours", "yourself", "yourselves"
+})
+
 # Fillers of headlines and tweets that gensim's STOPWORDS lacks: the retweet marker, the remains of "&amp"
 # and of truncated links ("http…"), and reporting verbs/labels that carry no topic ("X says Y", "BREAKING:").
 NEWS_STOPWORDS = frozenset({"rt", "amp", "http", "https", "www", "says", "said", "new", "breaking", "update"})
-STOP_WORDS = frozenset(STOPWORDS) | NEWS_STOPWORDS
+STOP_WORDS = GENSIM_STOPWORDS | NEWS_STOPWORDS
 
 # Removed before splitting into words. Cashtags ($AAPL, $BRK.B) are dropped, not kept as "aapl": every
 # StockNet tweet carries its own ticker's cashtag (it is the search key), so the token would only re-encode
@@ -201,6 +233,9 @@ class TopicModel(SignalProvider):
         """Learn the vocabulary and the topics from the distinct texts of ``news`` (each text once, ordered
         by its first timestamp, then by text, so row order and repeats across tickers do not matter), or from
         ``max_training_texts`` of them drawn by ``training_sample``."""
+        from gensim.corpora import Dictionary
+        from gensim.models import LdaModel
+
         self._check_params()
         ordered = news[["timestamp", "text"]].assign(text=news["text"].fillna("").astype(str))
         texts = ordered.sort_values(["timestamp", "text"], kind="stable").drop_duplicates("text")["text"]

@@ -385,3 +385,19 @@ def test_event_feature_errors():
         event_features(late, PRICES)
     with pytest.raises(DataError, match="novelty_sessions"):
         event_features(aligned, PRICES, novelty_sessions=0)
+
+
+def test_the_rules_digest_is_read_once_per_process(monkeypatch):
+    """params() (read by every run of a sweep, for its cache keys) names the rules by this process's events.py,
+    hashed as it was imported: no read of the file per call."""
+    from signals import events
+    from signals.events import EventSignals
+
+    expected = hashlib.sha256(Path(events.__file__).read_bytes()).hexdigest()[:16]
+
+    def no_read(self):
+        raise AssertionError(f"read {self}")
+
+    monkeypatch.setattr(Path, "read_bytes", no_read)
+    assert EventSignals("sentiment", 20).params() == {"provider": "events", "sentiment": "sentiment",
+                                                       "novelty_sessions": 20, "rules": expected}

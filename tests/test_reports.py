@@ -557,3 +557,28 @@ def test_comparison_page(tmp_path, capsys):
         main([])
     assert stopped.value.code == 2
     assert capsys.readouterr().err == "newsbt: error: the following arguments are required: RUN\n"
+
+
+def test_longest_drawdown_in_calendar_days_across_gaps_else_in_sessions():
+    # Fri 5 Jan +10%; Mon 8 -5% and Tue 9 +1% under water (1.05545 < 1.1); Wed 10 +20% recovers (1.26654);
+    # Thu 11, Fri 12 and Mon 15 -1% each: under water to the end. Sat 13 is not a number and is dropped.
+    # Periods: 8-9 Jan (2 days, 2 sessions) and 11-15 Jan (5 calendar days, 3 sessions).
+    values = [0.1, -0.05, 0.01, 0.2, -0.01, -0.01, math.inf, -0.01]
+    dates = pd.to_datetime(["2024-01-05", "2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12",
+                            "2024-01-13", "2024-01-15"])
+    for index, days in [(dates, 5), (dates.tz_localize("UTC"), 5), (pd.Index(list(dates), dtype=object), 5),
+                        (pd.RangeIndex(8), 3), (pd.Index([f"s{n}" for n in range(8)]), 3)]:
+        metrics = performance_metrics(pd.Series(values, index=index))
+        assert (metrics["sessions"], metrics["max_drawdown_days"]) == (7, days), index
+    assert performance_metrics(pd.Series([0.01, 0.0, 0.02], index=dates[:3]))["max_drawdown_days"] == 0
+
+
+def test_writing_metrics_does_not_import_scipy_stats():
+    """reports.metrics (imported by every run and sweep worker) computes its Gaussian VaR without scipy.stats,
+    whose import took about a second."""
+    import subprocess
+    import sys
+
+    code = "import sys, reports.metrics; print('scipy.stats' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -309,3 +309,23 @@ def test_a_run_with_cached_regimes_does_not_import_scikit_learn():
             "print('sklearn' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_only_a_topic_fit_imports_gensim_and_its_stop_words_are_gensims():
+    """Building the topic provider and reading its params() (every run does) leaves gensim unloaded (its import
+    was about two seconds of each run and sweep worker); the stop words written out in signals/topics.py are the
+    pinned gensim's own, so the tokeniser (and its digest in the cache keys) is unchanged."""
+    import subprocess
+    import sys
+
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from signals.topics import GENSIM_STOPWORDS, STOP_WORDS
+
+    code = ("import sys, signals.topics as topics; topics.TopicModel(num_topics=2, no_below=1, no_above=1.0, "
+            "keep_n=None, passes=1, iterations=5, random_state=0, chunksize=10, max_training_texts=None).params(); "
+            "print('gensim' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    assert GENSIM_STOPWORDS == STOPWORDS and len(STOPWORDS) == 337
+    assert {"rt", "says"} <= STOP_WORDS and "the" in STOP_WORDS

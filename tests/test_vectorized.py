@@ -143,6 +143,15 @@ def test_a_short_sale_refused_for_want_of_cash():
     assert result.book["position_C"].iloc[-1] == 0
 
 
+def test_orders_refused_for_want_of_cash_beside_orders_that_fill():
+    # Little cash, weights up to 1.2 long or short and tight stops: sessions where covering a gapped short leaves
+    # the cash negative, and a short sale among that session's other orders would keep it so. backtrader refuses
+    # each such order alone and fills the rest of the session's orders around it.
+    result = cross_check(universe(seed=0, scale=4.0), dict(BROKER, cash=10_000), {"stop_loss": 0.05})
+    assert result.rejected_orders > 1
+    assert result.orders == len(result.fills) + result.rejected_orders
+
+
 def test_a_reversal_scaled_to_the_cash_fills_whole_that_session():
     # Short 0.1 of 10,000 at 10 (-99.900099 units), then all in long at 43.5: the buy must be scaled to the cash.
     # As one order it would execute closed + opened = 99.900099 + 152.674957, a float 1.4e-14 short of its size,
@@ -233,3 +242,46 @@ def test_the_cli_with_engine_vectorized_writes_what_backtrader_writes(strategy, 
         for key in ("elapsed_seconds", "stage_seconds", "run_dir"):
             numbers.pop(key, None)
     assert metrics == expected
+
+
+def test_a_process_builds_the_signal_frames_once_per_data_and_signals(tmp_path, monkeypatch):
+    # A sweep's worker runs many rules over the same data and signals: the second run reads the frames the first
+    # built (counted as the same cache reads), a run's edit of its frames reaches no other run, and a change of a
+    # provider's parameters builds them again.
+    from collections import Counter
+
+    from engine import run as run_module
+    from engine.cache import CACHE_STATS
+    from engine.run import build_inputs
+
+    monkeypatch.setattr(run_module, "_SIGNAL_FRAMES", type(run_module._SIGNAL_FRAMES)())
+    computed = []
+    real_fixed_signals = run_module.fixed_signals
+
+    def fixed_signals(slot, *args, **kwargs):
+        computed.append(slot.key)
+        return real_fixed_signals(slot, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fixed_signals", fixed_signals)
+    write_dataset(tmp_path)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = compose("config", overrides=overrides(tmp_path, "sentiment"))
+        other = compose("config", overrides=[*overrides(tmp_path, "sentiment"), "signals.events.novelty_sessions=7"])
+    first = build_inputs(config)
+    assert computed == ["signals.sentiment", "signals.events"]
+    before = Counter(CACHE_STATS)
+    second = build_inputs(config)
+    assert computed == ["signals.sentiment", "signals.events"]  # nothing built again
+    assert Counter(CACHE_STATS) - before == Counter({"lexicon.hit": 1, "lexicon-items.hit": 1, "events.hit": 1,
+                                                     "events-items.hit": 1})
+    for name in ("features", "outcomes", "items"):
+        pd.testing.assert_frame_equal(getattr(second, name), getattr(first, name), check_exact=True)
+    assert second.provider_stats == first.provider_stats
+    expected = first.features["sentiment"].copy()
+    second.features.loc[second.features.index[0], "sentiment"] = 99.0  # one run's edits
+    second.items["text"] = ""
+    third = build_inputs(config)
+    pd.testing.assert_series_equal(third.features["sentiment"], expected)
+    assert (third.items["text"] != "").all()
+    build_inputs(other)
+    assert computed[2:] == ["signals.sentiment", "signals.events"]
