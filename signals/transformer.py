@@ -260,9 +260,14 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)  # size and mtime only key the memo: a rewritten file is hashed again
 
 
-# Every file a Hugging Face tokenizer may read from a model folder.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
-                   "added_tokens.json", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+# The vocabulary files a Hugging Face tokenizer reads from a folder without a tokenizer.json.
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                   "added_tokens.json", "special_tokens_map.json")
+# tokenizer_config.json entries that change the ids of a text (not where or how it was loaded).
+TOKENIZER_SETTINGS = ("tokenizer_class", "do_lower_case", "strip_accents", "tokenize_chinese_chars",
+                      "do_basic_tokenize", "never_split", "add_prefix_space", "unk_token", "cls_token", "sep_token",
+                      "pad_token", "mask_token", "bos_token", "eos_token", "added_tokens_decoder",
+                      "extra_special_tokens", "additional_special_tokens")
 
 
 def model_fingerprint(model_dir: str | os.PathLike) -> str:
@@ -280,8 +285,28 @@ def model_fingerprint(model_dir: str | os.PathLike) -> str:
     # The previous format's config.json bytes exactly: that format's fingerprints (and caches) still hold.
     config_sha = hashlib.sha256(_json_text(_encoder_form(_read_config(folder))).encode("utf-8")).hexdigest()
     # The tokenizer turns text into the ids the weights read: another vocabulary or normaliser changes scores.
-    tokenizer_shas = {name: file_sha256(folder / name) for name in TOKENIZER_FILES if (folder / name).is_file()}
-    return fingerprint(weights_sha, config_sha, tokenizer_shas)
+    return fingerprint(weights_sha, config_sha, tokenizer_identity(folder))
+
+
+def tokenizer_identity(folder: Path) -> dict[str, Any]:
+    """What decides the ids a folder's tokenizer gives a text: the SHA-256 of its definition files (a fast
+    tokenizer's ``tokenizer.json`` holds the whole pipeline; without one, the vocabulary files) and the settings of
+    ``tokenizer_config.json`` that change the encoding. Load-time entries (``local_files_only``, paths) are left
+    out, so the same tokenizer saved again keeps its identity.
+
+    >>> tokenizer_identity(Path("data/models/sentiment-minilm"))["files"]
+    """
+    names = ("tokenizer.json",) if (folder / "tokenizer.json").is_file() else TOKENIZER_FILES
+    files = {name: file_sha256(folder / name) for name in names if (folder / name).is_file()}
+    settings: dict[str, Any] = {}
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ConfigError(f"signals.sentiment.model_dir: {config_file}: not valid JSON ({error})") from None
+        settings = {key: config[key] for key in TOKENIZER_SETTINGS if key in config}
+    return {"files": files, "settings": settings}
 
 
 def cpu_has_fast_bf16() -> bool:

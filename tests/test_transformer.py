@@ -677,9 +677,9 @@ def test_previous_format_folder_keeps_its_scores_and_fingerprint_when_upgraded(t
     assert json.loads((old / "config.json").read_text())["model_type"] == "bert"
     weights_sha = _sha256(old / "model.safetensors")
     # Weights file, the previous format's config file and the tokenizer files: upgrading changes none of them.
-    tokenizer_shas = {name: _sha256(old / name) for name in transformer_module.TOKENIZER_FILES if (old / name).is_file()}
-    assert tokenizer_shas
-    previous_fingerprint = fingerprint(weights_sha, _sha256(old / "config.json"), tokenizer_shas)
+    tokenizer = transformer_module.tokenizer_identity(old)
+    assert tokenizer["files"] and tokenizer["settings"]
+    previous_fingerprint = fingerprint(weights_sha, _sha256(old / "config.json"), tokenizer)
     assert transformer_module.model_fingerprint(old) == previous_fingerprint
     texts = _phrasebank_slice()["sentence"].head(30).tolist()
     before = _provider(old, tmp_path / "cache").transform(_one_text_per_ticker(texts))
@@ -817,13 +817,22 @@ def test_model_fingerprint_covers_weights_labels_and_tokenizer(tmp_path):
     assert transformer_module.model_fingerprint(folder) != base  # same weights, scores change sign
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     assert transformer_module.model_fingerprint(folder) == base
-    tokenizer_files = [folder / name for name in transformer_module.TOKENIZER_FILES if (folder / name).is_file()]
-    assert tokenizer_files
-    for path in tokenizer_files:  # another normaliser or vocabulary turns the same text into other ids
+    # Another vocabulary or normaliser turns the same text into other ids: a new fingerprint. Where the folder
+    # was loaded from (an entry transformers writes back on saving) is no part of it.
+    definition = folder / ("tokenizer.json" if (folder / "tokenizer.json").is_file() else "vocab.txt")
+    settings_file = folder / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text())
+    loaded_from = {"local_files_only": not settings.get("local_files_only"), "name_or_path": "/elsewhere"}
+    for path, edited, expected_change in (
+            (definition, definition.read_bytes().replace(b"[UNK]", b"[UNKNOWN]"), True),
+            (settings_file, json.dumps(settings | {"do_lower_case": not settings.get("do_lower_case")}).encode(), True),
+            (settings_file, json.dumps(settings | loaded_from).encode(), False)):
         original = path.read_bytes()
-        path.write_bytes(original.replace(b"lowercase", b"lowercasE") if b"lowercase" in original else original + b" ")
-        assert transformer_module.model_fingerprint(folder) != base, path.name
+        assert edited != original
+        path.write_bytes(edited)
+        changed = transformer_module.model_fingerprint(folder) != base
         path.write_bytes(original)
+        assert changed == expected_change, (path.name, edited[:80])
     assert transformer_module.model_fingerprint(folder) == base
     _remove_from_weights(folder, "no-such-prefix", {"extra": torch.zeros(1)})
     assert transformer_module.model_fingerprint(folder) != base
