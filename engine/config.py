@@ -174,7 +174,7 @@ class Report(_Section):
 class Training(TypedDict):
     """How ``signals.finetune.ensure_model`` trains (the names of its RECIPES, TRAIN_PRECISIONS, TRAIN_DEVICES)."""
 
-    recipe: Literal["default", "long"]
+    recipe: Literal["default", "long", "dapt"]
     precision: Literal["fp32", "bf16"]
     device: Literal["cpu", "cuda"]
 

