@@ -763,13 +763,40 @@ def check_model(folder: str | os.PathLike, identity: dict[str, Any]) -> None:
         raise ConfigError(f"{mismatch} (in {path}); move that folder away to train the configured model")
 
 
+def _move_an_earlier_default_aside(folder: Path, identity: dict[str, Any]) -> None:
+    """When ``folder`` is the default model's and holds a model that an earlier newsbt trained as *its* default
+    (the card records the packaged base, recipe "default" and the same split, precision and device, but other
+    hyper-parameters: the recipe changed since), rename it to a sibling named after its own identity (nothing is
+    deleted: it stays usable through ``signals.sentiment.model_dir``) and say so, so that the default is trained
+    again instead of every run stopping. Any other mismatch is left to ``check_model``'s error."""
+    if identity != model_identity():
+        return
+    try:
+        card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+        found = card_identity(card)
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no card, or an unreadable one: check_model decides
+    same_but_recipe = all(found.get(key) == identity[key] for key in ("base", "recipe", "split_seed", "precision",
+                                                                       "device"))
+    if not same_but_recipe or found.get("hyperparameters") == identity["hyperparameters"]:
+        return
+    aside = folder.with_name(f"{folder.name}-earlier-default-{fingerprint(found)[:8]}")
+    if aside.exists():
+        raise ConfigError(f"signals.sentiment.model_dir: {folder} holds an earlier default model (recipe "
+                          f"{found.get('hyperparameters')}) and {aside} exists already; move one of them away")
+    os.rename(folder, aside)
+    print(f"{folder} held the model of an earlier default recipe: moved to {aside} (point "
+          f"signals.sentiment.model_dir there to keep using it); training the current default", file=sys.stderr)
+
+
 def ensure_model(model_dir: str | os.PathLike, base: str | None = None,
                  data_roots: Sequence[str | os.PathLike] | None = None, recipe: str = "default",
                  precision: str = "fp32", device: str = "cpu") -> Path:
     """The folder of the model that (base, recipe, precision, device) names: ``model_dir`` for the default
     identity, else ``model_folder``'s sibling of it; fine-tuned there first when it holds no model (tqdm
-    progress). A model whose card records another identity is a ConfigError, never silently used. A file
-    lock makes parallel runs wait for one training instead of each training its own.
+    progress). A model whose card records another identity is a ConfigError, never silently used, except an
+    earlier default recipe's model in the default folder, which is renamed aside and the default trained again.
+    A file lock makes parallel runs wait for one training instead of each training its own.
 
     >>> model_dir = ensure_model(Path(cfg.paths.models) / "sentiment-minilm", cfg.signals.sentiment.base_model)
     """
@@ -782,6 +809,8 @@ def ensure_model(model_dir: str | os.PathLike, base: str | None = None,
         raise ConfigError(f"signals.sentiment.training.recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
     identity = model_identity(base, recipe, None, precision, device)
     folder = model_folder(model_dir, identity)
+    if has_model(folder):
+        _move_an_earlier_default_aside(folder, identity)
     if has_model(folder):
         check_model(folder, identity)
         return folder

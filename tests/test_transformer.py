@@ -480,6 +480,32 @@ def test_ensure_model_trains_another_base_into_its_own_folder(tmp_path, monkeypa
     assert bf16 not in (default_dir, other) and trained[-1] == (bf16, None, "bf16", "cpu")
 
 
+def test_an_earlier_default_recipes_model_is_moved_aside_and_the_default_trained(tmp_path, monkeypatch, capsys):
+    default_dir = tmp_path / "models" / "sentiment-minilm"
+    _tiny_model(default_dir, ["profit rose", "loss widened"])
+    earlier = dataclasses.replace(finetune.RECIPES["default"], epochs=finetune.RECIPES["default"].epochs + 2)
+    _write_card(default_dir, finetune.model_identity(None, "default", earlier))
+    weights = (default_dir / "model.safetensors").read_bytes()
+    trained = []
+
+    def fake_finetune(out, base, recipe, recipe_name, data_roots, **options):
+        trained.append(Path(out))
+        _tiny_model(Path(out), ["profit up", "loss down"], seed=1)
+        _write_card(Path(out), finetune.model_identity(base, recipe_name, recipe, options["precision"],
+                                                       options["device"]))
+
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    assert finetune.ensure_model(default_dir) == default_dir and trained == [default_dir]
+    aside = [p for p in default_dir.parent.iterdir() if p.name.startswith("sentiment-minilm-earlier-default-")]
+    assert len(aside) == 1 and (aside[0] / "model.safetensors").read_bytes() == weights  # moved, not deleted
+    assert str(aside[0]) in capsys.readouterr().err
+    assert finetune.ensure_model(default_dir) == default_dir and len(trained) == 1  # once
+    # Only the default folder and only a changed default recipe: another recipe's card in it is still an error.
+    _write_card(default_dir, finetune.model_identity(None, "long"))
+    with pytest.raises(ConfigError, match=r"^signals\.sentiment\.training\.recipe: "):
+        finetune.ensure_model(default_dir)
+
+
 def test_ensure_model_refuses_a_model_whose_card_records_another_identity(tmp_path):
     folder = tmp_path / "sentiment-minilm"
     _tiny_model(folder, ["profit rose", "loss widened"])
