@@ -180,6 +180,33 @@ def write_text_atomic(text: str, path: Path) -> None:
             temporary.unlink()
 
 
+def write_folder_atomic(fill: Callable[[Path], None], folder: Path, replaces: Callable[[Path], bool]) -> None:
+    """Build a folder with ``fill(staging)`` in a hidden staging folder beside ``folder``, then put it in place
+    with a rename: readers see the old folder or the whole new one, never half of it. An existing ``folder`` is
+    replaced only when ``replaces(folder)`` says it is one this kind of writer made (else a ConfigError: nothing
+    a run did not create is deleted); a failed ``fill`` leaves no staging folder behind.
+
+    >>> write_folder_atomic(lambda staging: model.save_pretrained(staging), Path("data/models/m"), has_model_card)
+    """
+    import shutil
+
+    from engine.errors import ConfigError
+
+    folder = Path(folder)
+    if folder.exists() and not replaces(folder):
+        raise ConfigError(f"{folder}: exists and was not written by newsbt; choose another folder or move it away")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        fill(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 # Frames read from signal caches, kept by processes that read the same entries many times (a sweep's workers:
 # ``keep_in_memory``). An entry's file name is the hash of its key, so its content never changes; the file's
 # size and modification time are checked anyway, so one replaced or removed on disk is read (or computed) again.

@@ -25,10 +25,8 @@ import math
 import os
 import random
 import re
-import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,7 +45,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score, pre
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, project_path
+from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, project_path, write_folder_atomic
 from engine.errors import ConfigError, DataError, NewsbtError
 from signals.transformer import LABELS, MeanPoolingClassifier, cpu_has_fast_bf16, save_classifier
 
@@ -668,18 +666,14 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
         card["pretraining"] = pretraining
     if len(runs) > 1:
         card["seed_spread"] = _seed_spread(runs)
-    staging = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    def fill(staging: Path) -> None:
         save_classifier(model, tokenizer, staging)
         (staging / "model_card.json").write_text(json.dumps(card, indent=1))
         # Held-out sentences: the provider's "auto" precision compares its fast modes with fp32 on them.
         (staging / "calibration_texts.json").write_text(json.dumps(test["sentence"].tolist(), indent=0))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    # A folder is replaced only when it is empty or holds a model this module wrote (its card).
+    write_folder_atomic(fill, out, lambda folder: not any(folder.iterdir()) or (folder / "model_card.json").is_file())
     log(f"saved {out} (train {runs[0]['train_seconds']:.0f} s)")
     return card
 

@@ -15,9 +15,7 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +26,7 @@ import numpy as np
 import torch
 import transformers
 
-from engine.cache import PROJECT_ROOT, file_sha256, fingerprint
+from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, write_folder_atomic
 from engine.errors import ConfigError, DataError
 
 PRETRAIN_VERSION = "dapt-v1"  # bump when the training loop changes what it produces
@@ -195,18 +193,12 @@ def ensure_adapted_encoder(base: str | None, settings: PretrainSettings,
             "history": history, "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
             "load_average": [round(value, 2) for value in os.getloadavg()], "torch": torch.__version__,
             "transformers": transformers.__version__}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    def fill(staging: Path) -> None:
         mlm.base_model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "pretrain_card.json").write_text(json.dumps(card, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+
+    write_folder_atomic(fill, folder, lambda found: (found / "pretrain_card.json").is_file())
     log(f"adapted encoder saved in {folder} ({seconds:.0f} s)")
     return str(folder), card | {"cached": False}
 

@@ -274,3 +274,34 @@ def test_cli_errors_are_one_line_and_exit_2(arguments, message, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert err.count("\n") == 1 and err.startswith("newsbt: error: ") and message in err
+
+
+def test_training_never_replaces_a_folder_it_did_not_write(tmp_path):
+    from engine.cache import write_folder_atomic
+    from engine.errors import ConfigError
+
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="was not written by newsbt"):
+        write_folder_atomic(lambda staging: staging.mkdir(), mine, lambda found: (found / "model_card.json").is_file())
+    assert (mine / "thesis.txt").read_text() == "keep me"
+    # A folder the writer made is replaced whole; a failed fill leaves the old one and no staging folder.
+    model = tmp_path / "model"
+
+    def fill(staging, text="new"):
+        staging.mkdir()
+        (staging / "model_card.json").write_text(text)
+
+    write_folder_atomic(lambda staging: fill(staging, "old"), model, lambda found: False)
+    write_folder_atomic(fill, model, lambda found: (found / "model_card.json").is_file())
+    assert (model / "model_card.json").read_text() == "new"
+
+    def broken(staging):
+        fill(staging, "half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_folder_atomic(broken, model, lambda found: True)
+    assert (model / "model_card.json").read_text() == "new"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model", "notes"]
