@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.errors import NewsbtError  # noqa: E402
-from signals.transformer import TransformerSentiment, _Scorer, cpu_has_fast_bf16, load_classifier  # noqa: E402
+from signals.transformer import (BENCH_ONLY_MODES, TransformerSentiment, _Scorer, cpu_has_fast_bf16,  # noqa: E402
+                                 load_classifier)
 
 HEADLINES = ROOT.parent / "shared" / "data" / "djia-reddit-news" / "RedditNews.csv"
 _BYTES_REPR = re.compile(r"""^b(['"])(.*)\1$""", re.DOTALL)
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = scorer.score(texts, settings.batch_size, threads)
     rates = {"fp32": len(texts) / (time.perf_counter() - started)}
     labels = reference[columns].to_numpy().argmax(1)
-    modes = (["bf16"] if cpu_has_fast_bf16() else []) + ["int8"]
+    modes = (["bf16"] if cpu_has_fast_bf16() else []) + list(BENCH_ONLY_MODES)  # int8: measured, not an option
     print(f"    precision modes on CPU (scoring only): fp32 {rates['fp32']:.0f}/s")
     for mode in modes:
         mode_scorer = _Scorer(model, tokenizer, torch.device("cpu"), mode, settings.max_length)
