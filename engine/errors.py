@@ -3,6 +3,8 @@
 A ``NewsbtError`` is a user's mistake (bad file, bad key, missing data); the command-line edge prints its
 message as one line and exits non-zero. Anything else is a bug and keeps its traceback.
 """
+import argparse
+import sys
 
 
 class NewsbtError(Exception):
@@ -15,3 +17,11 @@ class DataError(NewsbtError):
 
 class ConfigError(NewsbtError):
     """A configuration key or value is unknown or invalid; the message names the key."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line ``newsbt: error: ...`` and exit status 2."""
+
+    def error(self, message: str) -> None:
+        print(f"newsbt: error: {message}", file=sys.stderr)
+        sys.exit(2)

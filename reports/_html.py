@@ -3,11 +3,9 @@ formats, escaped tables and cells, links, the page skeleton with its inline sort
 writes. Private to ``reports``."""
 from __future__ import annotations
 
-import argparse
 import html
 import math
 import os
-import sys
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from engine.cache import write_text_atomic as _write_text_atomic  # noqa: F401 - the pages' writer
-from engine.errors import DataError
+from engine.errors import DataError, OneLineParser  # noqa: F401 - OneLineParser: the pages' command lines
 
 
 def _percent(value: Any) -> str:
@@ -80,14 +78,6 @@ def read_csv_checked(path: Path, required: list[str], text: tuple[str, ...] = ()
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return frame
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line ``newsbt: error: ...`` and exit status 2."""
-
-    def error(self, message: str) -> None:
-        print(f"newsbt: error: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def _finite(*values: Any) -> bool:

@@ -46,7 +46,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, project_path, write_folder_atomic
-from engine.errors import ConfigError, DataError, NewsbtError
+from engine.errors import ConfigError, DataError, NewsbtError, OneLineParser
 from signals.transformer import LABELS, MeanPoolingClassifier, cpu_has_fast_bf16, save_classifier
 
 DATASET = "financial-phrasebank"
@@ -845,14 +845,6 @@ def _yaml_defaults() -> dict[str, Any]:
             "device": transformer.training.device}
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Usage errors as one line ``newsbt: error: ...`` and exit status 2 (as reports/_html.py's parser)."""
-
-    def error(self, message: str) -> None:
-        print(f"newsbt: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
 def _seed_list(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",")]
@@ -866,7 +858,7 @@ def _seed_list(text: str) -> list[int]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: ``python -m signals.finetune --help``."""
     defaults = _yaml_defaults()
-    parser = _OneLineParser(prog="python -m signals.finetune", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m signals.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default=defaults["base"],
                         help="local model folder or cached Hugging Face id (default: packaged all-MiniLM-L6-v2)")
     parser.add_argument("--out", default=None,
