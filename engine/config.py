@@ -642,7 +642,8 @@ def _sweep_jobs(hydra_app: Any, master: Any, overrides: list[str]) -> list[list[
 def preflight(argv: Sequence[str]) -> None:
     """Compose the config of ``python -m engine.run *argv`` as Hydra will and validate it (every job of a ``-m``
     sweep, and the sweep launcher's settings) before Hydra creates any folder; raise a ConfigError naming the
-    first bad key. Help and config-printing flags are left to Hydra.
+    first bad key. The jobs of a sweep run by the newsbt sweeper and launcher are left to that sweeper, which
+    checks them all before it makes the sweep folder. Help and config-printing flags are left to Hydra.
 
     >>> preflight(["strategy=regression", "strategy.alpha=abc"])  # ConfigError: strategy.alpha: must be a number, got 'abc'
     """
@@ -676,6 +677,8 @@ def preflight(argv: Sequence[str]) -> None:
         if master.hydra.launcher.get("_target_") == NEWSBT_LAUNCHER:
             parameters = None if jobs is None else sorted({o.partition("=")[0].lstrip("+~") for j in jobs for o in j})
             validate_launcher(master.hydra.launcher, parameters)
+            if master.hydra.sweeper.get("_target_") == NEWSBT_SWEEPER:
+                return  # the newsbt sweeper composes and checks every job before Hydra makes the sweep folder
         from engine.grid import compose_jobs  # one composition per choice of config groups, not per job
 
         for composed in compose_jobs(hydra_app.config_loader, master, jobs or []):

@@ -11,6 +11,7 @@ read the cache.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import importlib
@@ -26,6 +27,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections import Counter
@@ -222,12 +224,25 @@ _WORKER_THREADS: list[int] = []
 def _init_worker(threads: int) -> None:
     from engine.cache import keep_in_memory
 
+    atexit.register(_exit_without_teardown)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     logging.getLogger("gensim").setLevel(logging.WARNING)
     keep_in_memory(WORKER_KEPT_FRAMES_BYTES)
     _WORKER_THREADS[:] = [threads]
     _limit_torch_threads()
+
+
+def _exit_without_teardown() -> None:
+    """A local worker's last step, once the pool has its last result: flush the output streams and end the process
+    at once, without tearing down every module and object it holds (a second or more per worker holding a
+    dataset's frames and numba's compiled code, which the sweep's command would wait for). Registered first in
+    the worker, so every exit handler registered later (libraries') has run; nothing else is left to write."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def _limit_torch_threads() -> None:
@@ -277,7 +292,8 @@ def execute_run(job: dict, run_dir: str, files: str = "all") -> dict:
     before = Counter(CACHE_STATS)
     started = time.perf_counter()
     try:
-        metrics, status, error = run(OmegaConf.create(job), Path(run_dir), files), "ok", None
+        # the sweep checked this job's config before any runs (_run_sweep), so the run does not check it again
+        metrics, status, error = run(OmegaConf.create(job), Path(run_dir), files, validated=True), "ok", None
     except NewsbtError as failure:
         metrics, status, error = {}, "error", str(failure)
     except Exception as failure:  # noqa: BLE001 - one broken run must not stop the sweep
@@ -298,6 +314,8 @@ class LocalPool:
         self.workers = workers
 
     def __enter__(self) -> "LocalPool":
+        if getattr(self, "pool", None) is not None:  # started early (start_local_pool)
+            return self
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         context = multiprocessing.get_context("spawn")  # no fork after torch/duckdb threads exist
         self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker,
@@ -314,6 +332,34 @@ class LocalPool:
 
     def __exit__(self, *exc) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = None
+
+
+# The local pool the newsbt sweeper started before composing the sweep's jobs (their imports overlap with it),
+# for the launcher of the same sweep in this process.
+_STARTED: list[LocalPool] = []
+
+
+def start_local_pool(workers: int | None) -> None:
+    """Start the worker processes of the local sweep about to launch (``workers``: hydra.launcher.workers, None
+    for one per core), so that their start and imports overlap with composing its jobs; ``_launch`` takes them.
+    A pool nobody takes is shut down when the process exits (its workers only imported modules).
+
+    >>> start_local_pool(2)
+    """
+    for pool in _STARTED:
+        pool.__exit__()
+    _STARTED[:] = [LocalPool(workers or os.cpu_count() or 1).__enter__()]
+
+
+def _local_pool(workers: int) -> LocalPool:
+    """The pool started early for ``workers`` workers, or a new one."""
+    started = _STARTED.pop() if _STARTED else None
+    if started is not None and started.workers == workers:
+        return started
+    if started is not None:
+        started.__exit__()
+    return LocalPool(workers)
 
 
 # The shared secret of the private local Ray (token authentication): one per driver process, because Ray's token
@@ -561,6 +607,35 @@ def compose_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
         yield config
 
 
+def checked_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequence[str]]
+                 ) -> list[tuple[DictConfig, dict]]:
+    """Each job's composed config (``compose_jobs``) and its plain, resolved container (what a worker runs),
+    checked by ``validate_config``; the first bad value raises a ConfigError naming its key.
+
+    >>> [(config, job), ...] = checked_jobs(hydra_context.config_loader, config, job_overrides)
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from engine.config import _hydra_error
+
+    checked = []
+    try:
+        for sweep_config in compose_jobs(config_loader, master, job_overrides):
+            job = _job_container(sweep_config)
+            validate_config(job)  # every job, before any runs: a bad value fails the sweep, not one run
+            checked.append((sweep_config, job))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise _hydra_error(error) from None
+    return checked
+
+
+# Jobs the newsbt sweeper composed and checked before Hydra made the sweep folder (``hydra_plugins``'
+# NewsbtSweeper), by their overrides, for the launcher of the same sweep in this process: each job is composed
+# once. Taken (and cleared) by ``_run_sweep``; a job not in it is composed there.
+CHECKED_JOBS: dict[tuple[str, ...], tuple[DictConfig, dict]] = {}
+
+
 def _job_container(sweep_config: DictConfig) -> dict:
     """The job's config without its hydra node, resolved, as plain containers (what a worker runs; a value not
     given stays "???"); an interpolation that does not resolve is a ConfigError naming its key."""
@@ -620,7 +695,7 @@ def _launch(hydra_context, config: DictConfig, job_overrides, initial_job_idx: i
     sweep_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsStore(sweep_dir)
     executor = RaySession(sweep_dir, options.workers, options.ray_address) if options.backend == "ray" \
-        else LocalPool(options.workers)
+        else _local_pool(options.workers)
     try:
         with executor:
             return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, options, sweep_dir, store,
@@ -646,10 +721,12 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
                sweep_dir: Path, store: ResultsStore, executor) -> list[JobReturn]:
     clock = _Clock()
     jobs = []
-    composed = compose_jobs(hydra_context.config_loader, config, job_overrides)
-    for number, (overrides, sweep_config) in enumerate(zip(job_overrides, composed), start=initial_job_idx):
-        job = _job_container(sweep_config)
-        validate_config(job)  # every job, before any runs: a bad value fails the sweep, not one run
+    known = [CHECKED_JOBS.pop(tuple(overrides), None) for overrides in job_overrides]
+    CHECKED_JOBS.clear()
+    missing = [overrides for overrides, found in zip(job_overrides, known) if found is None]
+    composed = iter(checked_jobs(hydra_context.config_loader, config, missing) if missing else [])
+    for number, (overrides, found) in enumerate(zip(job_overrides, known), start=initial_job_idx):
+        sweep_config, job = found or next(composed)
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = number
             sweep_config.hydra.job.num = number
@@ -693,7 +770,9 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
         if outcome["error"] and index < len(distinct):  # a load that fails fails that config's preparation too
             print(f"  signals could not be prepared: {outcome['error'].splitlines()[0]}", flush=True)
     clock.lap("signals")
-    # 2. The runs, each stored as soon as it ends.
+    # 2. The runs, each stored as soon as it ends. Meanwhile this process, mostly waiting, imports the summary
+    # page's modules (matplotlib: most of a second), which it needs once the runs end.
+    threading.Thread(target=importlib.import_module, args=("reports.sweep",), daemon=True).start()
     failed = 0
     calls = [(job["job"], job["run_dir"], options.run_files) for job in pending]
     try:

@@ -15,6 +15,7 @@ the cache counts all follow from the same declarations.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -78,17 +79,29 @@ def build_providers(signals: Mapping[str, Any], data_roots: Sequence[Path], cach
         extra = {}
         if "context" in inspect.signature(target).parameters:
             extra["context"] = ProviderContext(key, tuple(Path(root) for root in data_roots), Path(cache_root))
-        try:
-            # partial: the context is handed over as the object it is (instantiate would turn it into a mapping)
-            factory = instantiate({"_target_": values["_target_"], **params}, _convert_="all", _partial_=True)
-        except InstantiationException as error:
-            raise ConfigError(f"{key}: cannot build {values['_target_']!r}: {error.__cause__ or error}") from None
+        if _has_target(params):  # nested objects to build first: Hydra's recursive instantiation
+            try:
+                # partial: the context is handed over as the object it is (instantiate would turn it into a mapping)
+                factory = instantiate({"_target_": values["_target_"], **params}, _convert_="all", _partial_=True)
+            except InstantiationException as error:
+                raise ConfigError(f"{key}: cannot build {values['_target_']!r}: {error.__cause__ or error}") from None
+        else:  # plain values: what instantiate would hand over, without a DictConfig per provider and run
+            factory = functools.partial(target, **copy.deepcopy(params))
         provider = factory(**extra)
         if not isinstance(provider, SignalProvider):
             raise ConfigError(f"{key}._target_: {values['_target_']!r} returned {type(provider).__name__}, not a "
                               f"SignalProvider")
         slots.append(Slot(key, provider))
     return slots
+
+
+def _has_target(node: Any) -> bool:
+    """Whether a plain config value holds a ``_target_`` anywhere (an object Hydra would build)."""
+    if isinstance(node, Mapping):
+        return "_target_" in node or any(_has_target(value) for value in node.values())
+    if isinstance(node, (list, tuple)):
+        return any(_has_target(value) for value in node)
+    return False
 
 
 def _dependencies(slot: Slot, others: list[Slot]) -> list[Slot]:

@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from engine._csv import write_csv
 from engine.align import align_news, news_accounting, news_drop_report
-from engine.backtest import run_backtest
 from engine.cache import CACHE_STATS, SignalCache, fingerprint, project_path
 from engine.config import discard_run_folder, preflight, report_and_exit, strategy_parameters, validate_config
 from engine.datasets import load_dataset
@@ -317,17 +316,19 @@ def _benchmark_values(backtest, bars: pd.DataFrame, broker: dict) -> np.ndarray:
     return _BENCHMARKS[key].copy()
 
 
-def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, files: str = "all", validated: bool = False) -> dict[str, Any]:
     """Run one backtest described by ``cfg`` and write its outputs to ``run_dir``; return the metrics. ``files``:
     ``all``, or ``light`` (a sweep's screen, ``hydra.launcher.run_files``): the same metrics and config, equity,
-    trades and fills, without signals.parquet, news.parquet, event_study.csv and decisions.csv.
+    trades and fills, without signals.parquet, news.parquet, event_study.csv and decisions.csv. ``validated``:
+    ``cfg`` is this very config already checked by ``validate_config`` (a sweep checks every job before any runs).
 
     >>> metrics = run(cfg, Path("runs/example"))
     """
     from reports.metrics import performance_metrics
 
     started = time.perf_counter()
-    validate_config(cfg)
+    if not validated:
+        validate_config(cfg)
     clock = StageClock()
     inputs = build_inputs(cfg, clock)
     dataset, features, outcomes = inputs.dataset, inputs.features, inputs.outcomes
@@ -353,11 +354,12 @@ def run(cfg: DictConfig, run_dir: Path, files: str = "all") -> dict[str, Any]:
     strategy_broker = dict(broker, rebalance_band=broker["rebalance_band"] if rule_rebalances else math.inf)
     from strategies.buy_and_hold import BuyAndHold
 
-    # cfg.engine: backtrader's engine, or the vectorised one that reproduces its fills bit for bit (imported only
-    # for it: numba's import, and its compilation on a first run)
-    backtest = run_backtest
+    # cfg.engine: backtrader's engine, or the vectorised one that reproduces its fills bit for bit (each imported
+    # only for its runs: backtrader's import, numba's import and its compilation on a first run)
     if cfg.engine == "vectorized":
         from engine.vectorized import run_vectorized as backtest
+    else:
+        from engine.backtest import run_backtest as backtest
     with clock("backtest"):
         result = backtest(backtest_bars(prices, weights), strategy_broker, risk)
         hold = to_weights(BuyAndHold().target(features[keep]))
@@ -536,5 +538,25 @@ def cli(argv: list[str] | None = None) -> None:
     main()
 
 
+def exit_without_teardown() -> None:
+    """End the command once its work is done and written: join its threads, run every exit handler (as a normal
+    exit does: logging flushed, temporary files removed), flush the output, then leave without tearing down each
+    module and object the process holds (half a second or more after a sweep or a run with torch loaded)."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written to it anyway
+            pass
+    os._exit(0)
+
+
 if __name__ == "__main__":
     cli()
+    exit_without_teardown()

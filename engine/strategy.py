@@ -10,7 +10,7 @@ hold columns known before each session's open (``engine.features``); ``label`` i
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -88,6 +88,25 @@ def threshold_exposure(score: pd.Series, threshold: float, allow_short: bool) ->
     if allow_short:
         exposure = np.where(values < -threshold, -1.0, exposure)
     return pd.Series(exposure, index=score.index, name="exposure")
+
+
+def per_ticker(values: pd.Series, function: Callable[[pd.Series], pd.Series]) -> pd.Series:
+    """``values.groupby(level="ticker", sort=False).transform(function)``, the same numbers, for numeric values
+    indexed by (ticker, session) with each ticker's rows together (the canonical order): ``function`` gets each ticker's
+    values as a Series with a plain index, without pandas copying the (ticker, session) index for every group.
+    Other orders go to pandas' own transform.
+
+    >>> per_ticker(features["sentiment"], lambda s: s.rolling(5, min_periods=1).mean())
+    """
+    index = values.index
+    codes = np.asarray(index.codes[index.names.index("ticker")]) if isinstance(index, pd.MultiIndex) else None
+    starts = np.flatnonzero(np.diff(codes)) + 1 if codes is not None and len(codes) else None
+    if starts is None or len(np.unique(codes)) != len(starts) + 1:
+        return values.groupby(level="ticker", sort=False).transform(function)
+    array = values.to_numpy()
+    parts = [np.asarray(function(pd.Series(array[start:end], name=values.name)), dtype="float64")
+             for start, end in zip([0, *starts], [*starts, len(array)])]
+    return pd.Series(np.concatenate(parts), index=index, name=values.name)
 
 
 def to_weights(exposure: pd.Series) -> pd.Series:

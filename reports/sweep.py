@@ -9,13 +9,13 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Callable
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import stats
 
 from engine.errors import ConfigError, DataError
 from reports import _plots
@@ -60,7 +60,8 @@ METRIC_FORMATS: dict[str, Callable[[Any], str]] = {
 
 # ---------------------------------------------------------------- probabilistic and deflated Sharpe ratio
 
-
+# the standard normal of the Sharpe formulas (the standard library's: scipy.stats takes most of a second to import)
+_NORMAL = NormalDist()
 
 
 def expected_maximum_sharpe(sharpe_trials_std: float, n_trials: int) -> float:
@@ -79,7 +80,7 @@ def expected_maximum_sharpe(sharpe_trials_std: float, n_trials: int) -> float:
     if sharpe_trials_std < 0:
         return math.nan
     gamma = np.euler_gamma
-    spread = (1 - gamma) * stats.norm.ppf(1 - 1 / n_trials) + gamma * stats.norm.ppf(1 - 1 / (n_trials * math.e))
+    spread = (1 - gamma) * _NORMAL.inv_cdf(1 - 1 / n_trials) + gamma * _NORMAL.inv_cdf(1 - 1 / (n_trials * math.e))
     return float(sharpe_trials_std * spread)
 
 
@@ -102,7 +103,7 @@ def probabilistic_sharpe_ratio(
     if variance <= 0:
         return math.nan
     z = (sharpe - benchmark_sharpe) * math.sqrt(n_observations - 1) / math.sqrt(variance)
-    return float(stats.norm.cdf(z))
+    return float(_NORMAL.cdf(z))
 
 
 def deflated_sharpe_ratio(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 
 from engine.config import PositiveInt
-from engine.strategy import Rule, threshold_exposure
+from engine.strategy import Rule, per_ticker, threshold_exposure
 
 
 class SentimentRule(Rule):
@@ -31,11 +31,12 @@ class SentimentRule(Rule):
         self.baseline_sessions = baseline_sessions
 
     def _recent_and_baseline(self, features: pd.DataFrame) -> tuple[pd.Series, pd.Series | None]:
-        by_ticker = features["sentiment"].groupby(level="ticker", sort=False)
-        recent = by_ticker.transform(lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
+        sentiment = features["sentiment"]
+        recent = per_ticker(sentiment, lambda s: s.rolling(self.window_sessions, min_periods=1).mean())
         if self.baseline_sessions is None:
             return recent, None
-        baseline = by_ticker.transform(
+        baseline = per_ticker(
+            sentiment,
             lambda s: s.shift(self.window_sessions).rolling(self.baseline_sessions, min_periods=self.baseline_sessions // 2).mean()
         )
         return recent, baseline

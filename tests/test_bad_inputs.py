@@ -106,7 +106,11 @@ ROWS = [
         "strategy.threshold: '0,1' is a sweep; add -m to run one job per value, or write [0,1] for a list"),
     Row("sweep_target", ["-m", "strategy._target_=nosuch.Rule", "strategy.threshold=0,1"],
         "strategy._target_: cannot load 'nosuch.Rule' (no module named 'nosuch')", cli=True),
-    Row("sweep_one_bad_job", ["-m", "strategy.threshold=0,abc"], "strategy.threshold: must be a number, got 'abc'"),
+    # a sweep's jobs are checked by the newsbt sweeper, before Hydra makes the sweep folder
+    Row("sweep_one_bad_job", ["-m", "strategy.threshold=0,abc"], "strategy.threshold: must be a number, got 'abc'",
+        cli=True),
+    Row("sweep_unknown_key", ["-m", "strategy.threshhold=0,1"],
+        "strategy.threshhold: unknown key (did you mean threshold?)", cli=True),
     Row("sweep_metric", ["-m", "hydra.launcher.metric=sharp", "strategy.threshold=0,1"],
         "hydra.launcher.metric: unknown metric 'sharp' (did you mean sharpe?)", cli=True),
     Row("sweep_heatmap", ["-m", "hydra.launcher.heatmap=[strategy.treshold,strategy.window_sessions]",

@@ -224,3 +224,22 @@ def test_a_cached_window_is_computed_again_when_one_value_of_its_inputs_changes(
     edited = means(features)
     assert edited == training_means(features) and len(TrainingMean.fits) == 2 and len(hashed) == 5
     assert edited[:2] == before[:2] and edited[2] != before[2]
+
+
+@pytest.mark.parametrize("order", ["canonical", "interleaved"])
+def test_per_ticker_gives_pandas_groupby_transform_bit_for_bit(order):
+    from engine.strategy import per_ticker
+
+    rng = np.random.default_rng(7)
+    sessions = pd.bdate_range("2020-01-01", periods=40)
+    index = pd.MultiIndex.from_product([["AAA", "BBB", "CCC"], sessions], names=["ticker", "session"])
+    values = pd.Series(rng.normal(size=len(index)), index=index, name="sentiment")
+    values[rng.random(len(index)) < 0.3] = np.nan  # sessions without news
+    if order == "interleaved":  # each ticker's rows apart: pandas' own transform
+        values = values.swaplevel().sort_index().swaplevel()
+    for function in (lambda s: s.rolling(5, min_periods=1).mean(),
+                     lambda s: s.shift(3).rolling(10, min_periods=5).mean()):
+        expected = values.groupby(level="ticker", sort=False).transform(function)
+        got = per_ticker(values, function)
+        pd.testing.assert_series_equal(got, expected, check_exact=True)
+        assert got.index.equals(values.index)
