@@ -10,7 +10,7 @@ a diagnostic as a feature; ``resolve_feature_columns`` turns feature patterns in
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 
@@ -44,7 +44,29 @@ def provider_signals(provider: SignalProvider, aligned: pd.DataFrame, cache: Sig
         frame.attrs = {"stats": dict(getattr(provider, "stats_", {}) or {})}
         return frame
 
-    return cache.get_or_compute(provider.name, key, compute)
+    return cached_output(provider, cache, key, compute)
+
+
+def cached_output(provider: SignalProvider, cache: SignalCache, key: dict[str, Any],
+                  compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``cache.get_or_compute(provider.name, key, compute)``, whose ``stats`` attrs are this run's: the counts of
+    the computation when it ran here, else ``provider.cached_stats`` of them (a run that read the frame scored
+    nothing and spent no time on it).
+
+    >>> frame = cached_output(provider, cache, key, compute); frame.attrs["stats"]
+    """
+    computed = []
+
+    def computing() -> pd.DataFrame:
+        computed.append(True)
+        return compute()
+
+    frame = cache.get_or_compute(provider.name, key, computing)
+    if computed:
+        return frame
+    frame = frame.copy(deep=False)
+    frame.attrs = {"stats": provider.cached_stats(dict(frame.attrs.get("stats", {})))}
+    return frame
 
 
 def check_pre_open(frame: pd.DataFrame, what: str) -> pd.DataFrame:

@@ -25,7 +25,7 @@ import pandas as pd
 from engine.cache import SignalCache, fingerprint
 from engine.config import provider_parameters
 from engine.errors import ConfigError
-from engine.features import DIAGNOSTIC_COLUMNS, check_pre_open, pattern_matches, provider_signals
+from engine.features import DIAGNOSTIC_COLUMNS, cached_output, check_pre_open, pattern_matches, provider_signals
 from engine.schema import NEWS_COLUMNS, canonical_signals
 from engine.signal import NEWS, ProviderContext, SignalProvider
 
@@ -257,7 +257,7 @@ def fixed_signals(slot: Slot, aligned: pd.DataFrame, features: pd.DataFrame, cac
         frame.attrs = {"stats": dict(getattr(provider, "stats_", {}) or {})}
         return frame
 
-    return cache.get_or_compute(provider.name, key, compute)
+    return cached_output(provider, cache, key, compute)
 
 
 def item_scores(slot: Slot, aligned: pd.DataFrame, cache: SignalCache) -> pd.DataFrame:

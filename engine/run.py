@@ -203,8 +203,9 @@ def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
         for slot in plan.fixed:  # nothing spent: read from this process's memory
             clock.add(slot.slot, 0.0)
         CACHE_STATS.update({f"{label.rpartition('.')[0]}.hit": count for label, count in known.reads.items()})
+        providers = {slot.slot: slot.provider for slot in plan.fixed}  # counts of a run that computed nothing
         return Inputs(dataset, aligned, plan, known.features.copy(deep=False), known.outcomes.copy(deep=False), cache,
-                      {slot: dict(counts) for slot, counts in known.stats.items()}, linking,
+                      {slot: providers[slot].cached_stats(counts) for slot, counts in known.stats.items()}, linking,
                       known.items.copy(deep=False), clock)
     before = Counter(CACHE_STATS)
     grid = assemble_features(dataset.prices, [])

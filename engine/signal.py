@@ -112,6 +112,12 @@ class SignalProvider:
         return {k: v for k, v in vars(self).items()
                 if not k.endswith("_") and not k.startswith("_") and k != "context"}
 
+    def cached_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """This run's counts when it read the provider's output from the cache: ``stats`` are the counts of the run
+        that computed it. By default the same (counts of the data, such as texts read); a provider whose counts
+        also say what the computation did (texts scored, seconds spent) says here what reading them did."""
+        return dict(stats)
+
     def describe(self) -> pd.DataFrame | None:
         """What a fitted learned provider shows in the run folder (``<name>.csv``, one block per walk-forward
         window), e.g. each topic's top words; None for nothing."""

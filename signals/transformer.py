@@ -630,6 +630,11 @@ class TransformerSentiment(SignalProvider):
         self.stats_["seconds"] = round(time.perf_counter() - started, 3)
         return _aggregate(items, list(self.columns))
 
+    def cached_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """A run that read these signals from the cache scored no text and spent no time scoring: every distinct
+        text's score came from the cache (the data's counts, precision and device stay those of the scores)."""
+        return {**stats, "scored": 0, "cache_hits": int(stats.get("unique_texts", 0)), "seconds": 0.0}
+
     def _scores(self, texts: list[str], hashes: pd.Series) -> pd.DataFrame:
         """Scores of the unique ``texts`` (indexed by their hashes), from the cache or computed and cached."""
         device, mode, _ = self.resolve()

@@ -134,6 +134,26 @@ def test_scores_are_probabilities_of_the_model(tiny_dir, tmp_path):
     assert frame["sentiment"].iloc[0] == pytest.approx(float(probabilities[2] - probabilities[0]), abs=1e-6)
 
 
+def test_a_run_reading_the_signals_from_the_cache_reports_no_texts_scored_and_no_seconds(tiny_dir, tmp_path):
+    # The counts a run reports (metrics.json sentiment_scored, sentiment_seconds) are its own: a run that read the
+    # signals frame computed by an earlier one scored nothing, and every distinct text's score came from the cache.
+    from engine.cache import SignalCache
+    from engine.features import provider_signals
+
+    texts = _phrasebank_slice()["sentence"].iloc[:12].tolist()
+    news = _news([(f"T{i % 2}", SESSION_1, t) for i, t in enumerate(texts)] + [("T0", SESSION_2, texts[0])])
+    cache = SignalCache(tmp_path / "signals")
+    cold = provider_signals(_provider(tiny_dir, tmp_path), news, cache)
+    stats = cold.attrs["stats"]
+    assert (stats["texts"], stats["unique_texts"], stats["scored"], stats["cache_hits"]) == (13, 12, 12, 0)
+    assert stats["seconds"] > 0
+    warm = provider_signals(_provider(tiny_dir, tmp_path), news, cache)
+    assert warm.attrs["stats"] == {**stats, "scored": 0, "cache_hits": 12, "seconds": 0.0}
+    pd.testing.assert_frame_equal(warm, cold)
+    again = provider_signals(_provider(tiny_dir, tmp_path), news, cache)  # the cache's own frame is unchanged
+    assert again.attrs["stats"] == warm.attrs["stats"]
+
+
 def test_cache_second_run_scores_nothing_and_new_window_only_new_texts(tiny_dir, tmp_path):
     texts = _phrasebank_slice()["sentence"].iloc[:30].tolist()
     window = _news([(f"T{i % 3}", SESSION_1, t) for i, t in enumerate(texts[:20])] + [("T0", SESSION_2, texts[0])])
