@@ -631,9 +631,23 @@ def checked_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
 
 
 # Jobs the newsbt sweeper composed and checked before Hydra made the sweep folder (``hydra_plugins``'
-# NewsbtSweeper), by their overrides, for the launcher of the same sweep in this process: each job is composed
-# once. Taken (and cleared) by ``_run_sweep``; a job not in it is composed there.
-CHECKED_JOBS: dict[tuple[str, ...], tuple[DictConfig, dict]] = {}
+# NewsbtSweeper), by their overrides, for the launcher of the same sweep in this process, so that each job is
+# composed once: ``keep_checked_jobs`` stores them with the sweep's config, ``_run_sweep`` takes those of its batch
+# when its config is that very object; a job not there is composed by ``_run_sweep``.
+_CHECKED: dict[str, Any] = {"config": None, "jobs": {}}
+
+
+def keep_checked_jobs(master: DictConfig, jobs: Sequence[Sequence[str]], checked: list[tuple[DictConfig, dict]]
+                      ) -> None:
+    """Keep ``checked_jobs``' result for the launcher of the sweep whose config is ``master``."""
+    _CHECKED.update(config=master, jobs={tuple(job): pair for job, pair in zip(jobs, checked)})
+
+
+def _take_checked(master: DictConfig, job_overrides: Sequence[Sequence[str]]) -> list[tuple[DictConfig, dict] | None]:
+    """The kept (config, job) of each of ``job_overrides`` (None where none is kept for this sweep)."""
+    if _CHECKED["config"] is not master:
+        return [None] * len(job_overrides)
+    return [_CHECKED["jobs"].pop(tuple(overrides), None) for overrides in job_overrides]
 
 
 def _job_container(sweep_config: DictConfig) -> dict:
@@ -721,8 +735,7 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
                sweep_dir: Path, store: ResultsStore, executor) -> list[JobReturn]:
     clock = _Clock()
     jobs = []
-    known = [CHECKED_JOBS.pop(tuple(overrides), None) for overrides in job_overrides]
-    CHECKED_JOBS.clear()
+    known = _take_checked(config, job_overrides)
     missing = [overrides for overrides, found in zip(job_overrides, known) if found is None]
     composed = iter(checked_jobs(hydra_context.config_loader, config, missing) if missing else [])
     for number, (overrides, found) in enumerate(zip(job_overrides, known), start=initial_job_idx):

@@ -18,6 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from engine import grid
+from engine.errors import ConfigError
 from engine.grid import RaySession
 from engine.run import run
 from tests.conftest import ROOT
@@ -362,6 +363,28 @@ def test_jobs_composed_once_per_choice_of_groups_equal_hydras_own_composition(hy
     assert first.strategy.name == "second" and first.broker.cash == 6000 and first.extra.note == 1
     assert "var_limit" not in first.risk and first.signals.sentiment._target_.endswith("LexiconSentiment")
     assert first.strategy._target_.endswith("ClusterRule")
+
+
+def test_the_launcher_takes_the_jobs_its_sweeper_checked_only_for_that_very_sweep(hydra_app):
+    from hydra.types import RunMode
+
+    from engine.config import _sweep_jobs
+
+    arguments = ["data=djia", "signals/sentiment=lexicon", "strategy.threshold=0,0.01,0.02", "broker.cash=5000,6000"]
+    master = hydra_app.compose_config("config", arguments, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    jobs = _sweep_jobs(hydra_app, master, list(master.hydra.overrides.task))
+    assert len(jobs) == 6
+    checked = grid.checked_jobs(hydra_app.config_loader, master, jobs)
+    for (config, job), expected in zip(checked, grid.compose_jobs(hydra_app.config_loader, master, jobs)):
+        assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(expected) and "hydra" not in job
+    grid.keep_checked_jobs(master, jobs, checked)
+    # an equal config of another sweep
+    other = hydra_app.compose_config("config", arguments, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    assert grid._take_checked(other, jobs[:2]) == [None, None]
+    assert grid._take_checked(master, jobs[:2]) == checked[:2]
+    assert grid._take_checked(master, jobs[:3]) == [None, None, checked[2]]  # each taken once
+    with pytest.raises(ConfigError, match="strategy.threshold: must be a number, got 'abc'"):
+        grid.checked_jobs(hydra_app.config_loader, master, [["data=djia", "strategy.threshold=abc"]])
 
 
 @pytest.mark.parametrize("bad", [["strategy.nope=1"], ["+broker.cash=1"], ["~risk.nope"], ["strategy=nope"]])

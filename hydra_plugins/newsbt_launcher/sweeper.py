@@ -2,7 +2,7 @@
 same order) without composing every job twice: Hydra's sweeper composes each job to check it before the launcher
 composes it again. With the newsbt launcher, every job is composed and checked against newsbt's schema here once,
 before Hydra makes the sweep folder (a bad value is one line and exit status 2, with nothing written), and the
-launcher runs those configs (``engine.grid.CHECKED_JOBS``); with another launcher, each job is composed here as
+launcher runs those configs (``engine.grid.keep_checked_jobs``); with another launcher, each job is composed here as
 Hydra would (``engine.grid.compose_jobs``: once per distinct choice of config groups)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class NewsbtSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from engine.config import NEWSBT_LAUNCHER, report_and_exit
         from engine.errors import NewsbtError
-        from engine.grid import CHECKED_JOBS, checked_jobs, start_local_pool
+        from engine.grid import checked_jobs, keep_checked_jobs, start_local_pool
 
         assert self.config is not None and self.hydra_context is not None
         launcher = self.config.hydra.launcher
@@ -31,8 +31,7 @@ class NewsbtSweeper(BasicSweeper):
                 checked = checked_jobs(self.hydra_context.config_loader, self.config, jobs)
             except NewsbtError as error:
                 report_and_exit(error)
-            CHECKED_JOBS.clear()
-            CHECKED_JOBS.update({tuple(job): pair for job, pair in zip(jobs, checked)})
+            keep_checked_jobs(self.config, jobs, checked)
         return super().sweep(arguments)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
