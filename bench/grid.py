@@ -44,6 +44,7 @@ def grid_size(grid: list[str]) -> int:
 
 
 RECOMPUTED: list[str] = []  # sweeps that computed signals instead of reading them all from the warmed cache
+PHASES: list[str] = []  # each sweep's "time:" line (its phases' seconds) and the seconds outside them
 
 
 def cpu_seconds() -> float:
@@ -65,6 +66,10 @@ def sweep(folder: Path, base: list[str], grid: list[str], extra: list[str]) -> t
     counts = re.search(r"^cache: (.*)$", done.stdout, re.MULTILINE)
     if counts and ".miss" in counts.group(1):
         RECOMPUTED.append(f"{' '.join(extra)}: {counts.group(1)}")
+    phases = re.search(r"^time: (.*)$", done.stdout, re.MULTILINE).group(1)
+    # what the whole command spent outside the sweep's own phases: Python, imports, Hydra, the sweep's jobs checked
+    spent = sum(float(seconds) for seconds in re.findall(r"([0-9.]+) s\b", phases))
+    PHASES.append(f"{' '.join(extra)}: {phases}; outside them {elapsed - spent:.2f} s")
     return elapsed, float(phase.group(2)), cpu
 
 
@@ -121,6 +126,9 @@ def main() -> None:
     ratio_whole, ratio_phase = one_whole / timings["2 workers"][0], one_phase / timings["2 workers"][1]
     print(f"runs/s, best mode: whole command {best_whole:.2f}{verdict(best_whole, RUNS_TARGET, ' runs/s')}; "
           f"sweep phase {best_phase:.2f}{verdict(best_phase, RUNS_TARGET, ' runs/s')} (target >= {RUNS_TARGET:g})")
+    print("where the whole command's time went, by sweep:")
+    for line in PHASES:
+        print(f"  {line}")
     for line in RECOMPUTED:
         print(f"warning: signals were computed during a timed sweep (a provider's key changed since the warm-up; "
               f"that sweep's figures include it): {line}")
