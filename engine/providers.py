@@ -18,7 +18,7 @@ import copy
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -284,6 +284,21 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
 
     >>> output, described = window_signals(slot, window, window_rows(features, window), aligned, cache)
     """
+    name, key, compute = window_entry(slot, window, frame, news)
+    output = compute() if cache is None else cache.get_or_compute(name, key, compute)
+    records = output.attrs.get("describe") or []
+    described = pd.DataFrame.from_records(records) if records else None
+    return canonical_signals(check_pre_open(output, f"{slot.key} (window {window.index})")), described
+
+
+def window_entry(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame | None
+                 ) -> tuple[str, dict[str, Any], Callable[[], pd.DataFrame]]:
+    """What ``window_signals`` reads or stores in the signal cache for ``slot`` and ``window``: the entry's name,
+    its key, and the computation of its frame (fitting a fresh copy of the provider; what the fit describes in
+    the frame's attrs).
+
+    >>> name, key, compute = window_entry(slot, window, window_rows(features, window), aligned)
+    """
     provider = copy.deepcopy(slot.provider)  # a fresh, unfitted provider per window (its config only)
     bounds = [str(window.train_start), str(window.test_start), str(window.test_end)]
     if provider.reads_news:
@@ -317,7 +332,4 @@ def window_signals(slot: Slot, window, frame: pd.DataFrame, news: pd.DataFrame |
         output.attrs = {"describe": [] if described is None else described.to_dict(orient="records")}
         return output
 
-    output = compute() if cache is None else cache.get_or_compute(f"{provider.name}-window", key, compute)
-    records = output.attrs.get("describe") or []
-    described = pd.DataFrame.from_records(records) if records else None
-    return canonical_signals(check_pre_open(output, f"{slot.key} (window {window.index})")), described
+    return f"{provider.name}-window", key, compute

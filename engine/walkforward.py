@@ -19,6 +19,7 @@ from engine.cache import SignalCache
 from engine.config import WalkForward, check_section
 from engine.errors import ConfigError
 from engine.features import check_pre_open, join_signals
+from engine.prefit import prefit_windows
 from engine.progress import Progress, StageClock
 from engine.schema import canonical_signals
 from engine.strategy import Rule, to_weights
@@ -153,6 +154,7 @@ def walk_forward(
     label = canonical_signals(label.rename("label").to_frame())["label"].reindex(features.index)
     exposures, out_of_sample, learned, in_sample_sharpes = [], [], [], []
     described: dict[str, list[pd.DataFrame]] = {}
+    prefit_windows(providers, windows, features, news, cache, clock=clock, progress=progress)  # cold fits, in parallel
     with Progress(len(windows), "walk-forward", unit="windows", enabled=progress) as shown:
         for window in windows:
             frame, descriptions = window_frame(features, window, providers, news, cache, clock)

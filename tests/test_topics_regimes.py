@@ -12,8 +12,9 @@ import pytest
 from engine.cache import CACHE_STATS, SignalCache
 from engine.errors import ConfigError
 from engine.features import resolve_feature_columns
+from engine.prefit import prefit_windows
 from engine.providers import Slot, window_signals
-from engine.walkforward import Window
+from engine.walkforward import Window, window_rows
 from signals.regimes import RegimeModel
 from signals.topics import TopicModel, tokenize, training_sample
 
@@ -216,6 +217,37 @@ def test_changing_the_cap_changes_the_window_cache_key(tmp_path):
                        WINDOW, frame, news, cache)
         assert CACHE_STATS[f"topics-window.{outcome}"] == before + 1, (cap, outcome)
     assert len(list((tmp_path / "signals").glob("topics-window-*.parquet"))) == 3
+
+
+def test_parallel_window_fits_store_the_serial_fits_byte_for_byte(tmp_path):
+    news = planted_windows_news()
+    pairs = news[["ticker", "session"]].drop_duplicates()
+    features = pd.DataFrame(index=pd.MultiIndex.from_frame(pairs, names=["ticker", "session"])).sort_index()
+    start = pd.Timestamp("2015-01-01", tz="UTC")
+    windows = [Window(i, start, pd.Timestamp(test, tz="UTC"), pd.Timestamp(end, tz="UTC")) for i, (test, end) in
+               enumerate([("2015-01-15", "2015-01-31"), ("2015-02-01", "2015-02-14"), ("2015-02-15", "2015-02-28"),
+                          ("2015-03-01", "2015-03-31")])]  # more windows than workers + 1: the queue refills
+    slot = Slot("signals.topics", TopicModel(**{**TOPIC_PARAMS, "passes": 3}))
+    serial = [window_signals(slot, w, window_rows(features, w), news, SignalCache(tmp_path / "serial"))[0]
+              for w in windows]
+    misses = CACHE_STATS["topics-window.miss"]
+    assert prefit_windows([slot], windows, features, news, SignalCache(tmp_path / "parallel"), workers=2,
+                          progress=False) == 4
+    assert CACHE_STATS["topics-window.miss"] == misses + 4  # counted as computed, once each
+    stored = {kind: {path.name: path.read_bytes() for path in (tmp_path / kind / "signals").iterdir()}
+              for kind in ("serial", "parallel")}
+    assert len(stored["serial"]) == 4 and stored["parallel"] == stored["serial"]  # same keys, same bytes
+    hits = CACHE_STATS["topics-window.hit"]
+    parallel = SignalCache(tmp_path / "parallel")
+    for window, expected in zip(windows, serial):  # what the walk-forward then reads
+        output, _ = window_signals(slot, window, window_rows(features, window), news, parallel)
+        pd.testing.assert_frame_equal(output, expected, check_exact=True)
+    assert CACHE_STATS["topics-window.hit"] == hits + 4
+    # nothing cold is left, and one worker or no cache never starts a pool
+    assert prefit_windows([slot], windows, features, news, parallel, workers=2) == 0
+    assert prefit_windows([slot], windows, features, news, SignalCache(tmp_path / "one"), workers=1) == 0
+    assert prefit_windows([slot], windows, features, news, None, workers=2) == 0
+    assert not (tmp_path / "one").exists()
 
 
 def test_real_headlines_rows_sum_to_one_and_do_not_depend_on_the_batch(shared_data):
