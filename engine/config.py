@@ -172,9 +172,11 @@ class Report(_Section):
 
 @with_config(ConfigDict(extra="forbid", strict=True))
 class Training(TypedDict):
-    """How ``signals.finetune.ensure_model`` trains (the names of its RECIPES, TRAIN_PRECISIONS, TRAIN_DEVICES)."""
+    """How ``signals.finetune.ensure_model`` trains (the names of its RECIPES, METHODS, TRAIN_PRECISIONS,
+    TRAIN_DEVICES)."""
 
     recipe: Literal["default", "long", "dapt"]
+    method: Literal["full", "lora"]
     precision: Literal["fp32", "bf16"]
     device: Literal["cpu", "cuda"]
 

@@ -728,13 +728,15 @@ def provider(model_dir: str, base_model: str | None, training: Training, batch_s
     (``signals.finetune.ensure_model``), scoring with the cache under ``paths.cache``. The annotations are the
     parameters' schema.
 
-    >>> provider("data/models/sentiment-minilm", None, {"recipe": "default", "precision": "fp32", "device": "cpu"},
+    >>> provider("data/models/sentiment-minilm", None, {"recipe": "default", "method": "full", "precision": "fp32",
+    ...          "device": "cpu"},
     ...          32, 64, "fp32", None, "cpu", context)
     """
     from signals.finetune import ensure_model
 
     folder = ensure_model(project_path(model_dir), base=base_model, data_roots=list(context.data_roots),
-                          recipe=training["recipe"], precision=training["precision"], device=training["device"])
+                          recipe=training["recipe"], precision=training["precision"], device=training["device"],
+                          method=training["method"])
     _upgrade_or_explain(Path(folder))
     return TransformerProvider(folder, context.cache_root, batch_size, max_length, precision, threads, device)
 

@@ -217,6 +217,7 @@ def test_schema_choices_are_the_ones_the_code_knows():
     assert choices(training["recipe"]) == finetune["RECIPES"]
     assert choices(training["precision"]) == finetune["TRAIN_PRECISIONS"]
     assert choices(training["device"]) == finetune["TRAIN_DEVICES"]
+    assert choices(training["method"]) == finetune["METHODS"]
     assert "context" not in schema.model_fields  # the engine's to give, never a config key
 
 
@@ -233,6 +234,8 @@ def compose_run(*overrides):
     ("data.start=2016-01-01T10:00", "data.start: expected a date without time or zone, got '2016-01-01T10:00'"),
     ("data.session_open=25:00", "data.session_open: expected a clock time like 09:30, got '25:00'"),
     ("report.enabled=1", "report.enabled: must be true or false, got 1"),
+    ("signals.sentiment.training.method=adapters",
+     "signals.sentiment.training.method: must be 'full' or 'lora', got 'adapters'"),
     ("+data.tickers=[AAPL]", "data.tickers: unknown key (known: name, start, end, exchange_timezone, session_open, "
                              "session_close, news_lookback_days, type, news_timezone, news, securities)"),
 ])

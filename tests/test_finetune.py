@@ -305,3 +305,141 @@ def test_training_never_replaces_a_folder_it_did_not_write(tmp_path):
         write_folder_atomic(broken, model, lambda found: True)
     assert (model / "model_card.json").read_text() == "new"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model", "notes"]
+
+
+# -- recipe options: frozen word embeddings, class weights, identities -----------------------------------------
+def _labelled(sentences: list[str], labels: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame({"sentence": sentences, "label": labels})
+
+
+# SENTENCES' labels as PhraseBank would give them: 2 negative, 2 neutral, 2 positive; the training frame below
+# repeats the neutral ones so the counts differ per class: negative 2, neutral 6, positive 4.
+TRAIN_LABELS = ["positive", "negative", "neutral", "negative", "positive", "neutral"]
+
+
+def _weighted_frame():
+    sentences = SENTENCES + [SENTENCES[2], SENTENCES[5]] * 2 + [SENTENCES[0], SENTENCES[4]]
+    labels = TRAIN_LABELS + ["neutral", "neutral"] * 2 + ["positive", "positive"]
+    return _labelled(sentences, labels)
+
+
+def test_class_weights_are_inverse_frequency_to_a_power_worked_by_hand():
+    labels = torch.tensor([LABELS.index(label) for label in _weighted_frame()["label"]])
+    # N = 12, K = 3 classes; counts negative 2, neutral 6, positive 4: N / (K n_c) = 2, 2/3, 1.
+    assert finetune.class_weights(labels, 0.0) is None
+    assert torch.allclose(finetune.class_weights(labels, 1.0), torch.tensor([2.0, 2 / 3, 1.0]))
+    assert torch.allclose(finetune.class_weights(labels, 0.5), torch.tensor([2 ** 0.5, (2 / 3) ** 0.5, 1.0]))
+    with pytest.raises(DataError, match="no training sentence labelled positive"):
+        finetune.class_weights(torch.tensor([0, 1, 1]), 0.5)
+
+
+def test_training_loss_is_the_class_weighted_mean_computed_by_hand(tmp_path, monkeypatch):
+    base = _tiny_base(tmp_path / "base")
+    model, tokenizer = finetune.load_base(str(base))
+    recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, batch_size=4, max_length=16,
+                                 class_weight_power=1.0, freeze_word_embeddings=False)
+    real = torch.nn.functional.cross_entropy
+    checked = []
+
+    def spy(logits, targets, *args, weight=None, **kwargs):
+        loss = real(logits, targets, *args, weight=weight, **kwargs)
+        if logits.requires_grad:  # a training step (validation scoring runs under inference mode)
+            by_class = torch.tensor([2.0, 2 / 3, 1.0])  # the worked weights of the frame's 2/6/4 labels
+            log_p = torch.log_softmax(logits.detach(), -1)[torch.arange(len(targets)), targets]
+            w = by_class[targets]
+            assert torch.allclose(loss.detach(), -(w * log_p).sum() / w.sum(), atol=1e-6)
+            checked.append(len(targets))
+        return loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    finetune.train_classifier(model, tokenizer, _weighted_frame(), _labelled(SENTENCES, TRAIN_LABELS), recipe,
+                              log=lambda line: None, threads=1)
+    assert sum(checked) == 12  # every training sentence went through the weighted loss once
+
+
+def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tmp_path):
+    base = _tiny_base(tmp_path / "base")
+    train, validation = _weighted_frame(), _labelled(SENTENCES, TRAIN_LABELS)
+    changed = {}
+    for freeze in (True, False):
+        model, tokenizer = finetune.load_base(str(base))
+        before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, batch_size=4, max_length=16,
+                                     lr=1e-2, head_lr=1e-2, freeze_word_embeddings=freeze)
+        finetune.train_classifier(model, tokenizer, train, validation, recipe, log=lambda line: None, threads=1)
+        after = model.state_dict()
+        changed[freeze] = {name for name in before if not torch.equal(before[name], after[name])}
+    word = "encoder.embeddings.word_embeddings.weight"
+    assert word not in changed[True] and word in changed[False]
+    for name in ("encoder.embeddings.position_embeddings.weight", "encoder.embeddings.LayerNorm.weight",
+                 "encoder.encoder.layer.0.attention.self.query.weight", "classifier.weight"):
+        assert name in changed[True], name
+
+
+def test_identities_of_models_trained_before_the_new_fields_are_unchanged():
+    # The hyper-parameters an earlier newsbt recorded for its `default` recipe (before freeze_word_embeddings and
+    # class_weight_power existed): the current default, which leaves both off, must still be that identity, or
+    # the next run would move the trained default model aside and train it again.
+    earlier_default = {"epochs": 3, "lr": 1e-4, "head_lr": 1e-3, "layer_decay": 0.9, "warmup_fraction": 0.1,
+                       "weight_decay": 0.01, "label_smoothing": 0.0, "rdrop": 0.0, "batch_size": 32,
+                       "max_length": 64, "seed": 0, "pretrain_steps": 0, "lora_rank": 0}
+    assert finetune.model_identity()["hyperparameters"] == earlier_default
+    assert finetune.model_identity(None, "dapt")["hyperparameters"] == earlier_default | {"pretrain_steps": 160}
+    lora = finetune.model_identity(None, "default", finetune.with_method(finetune.RECIPES["default"], "lora"))
+    assert lora["hyperparameters"] == earlier_default | {"lora_rank": 16, "lr": 1e-3, "layer_decay": 1.0}
+    assert finetune.model_folder(Path("m/sentiment-minilm"), lora).name == "sentiment-minilm-lora-06c2dfc3"
+    # Turned on, a new field is part of the identity: such a model trains into a folder of its own.
+    frozen = dataclasses.replace(finetune.RECIPES["default"], freeze_word_embeddings=True, class_weight_power=0.5)
+    identity = finetune.model_identity(None, "default", frozen)
+    assert identity["hyperparameters"] == earlier_default | {"freeze_word_embeddings": True,
+                                                             "class_weight_power": 0.5}
+    assert finetune.model_folder(Path("m/sentiment-minilm"), identity).name.startswith("sentiment-minilm-custom-")
+
+
+def test_a_default_model_trained_before_the_new_fields_is_kept(tmp_path, monkeypatch):
+    default_dir = tmp_path / "models" / "sentiment-minilm"
+    _tiny_base(default_dir)
+    earlier = {"epochs": 3, "lr": 1e-4, "head_lr": 1e-3, "layer_decay": 0.9, "warmup_fraction": 0.1,
+               "weight_decay": 0.01, "label_smoothing": 0.0, "rdrop": 0.0, "batch_size": 32, "max_length": 64,
+               "seed": 0, "pretrain_steps": 0, "lora_rank": 0}
+    identity = {"base": None, "recipe": "default", "hyperparameters": earlier, "split_seed": 0, "precision": "fp32",
+                "device": "cpu"}
+    (default_dir / "model_card.json").write_text(json.dumps({"identity": identity}))
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the default model was trained again")
+
+    monkeypatch.setattr(finetune, "finetune", must_not_train)
+    assert finetune.ensure_model(default_dir) == default_dir
+    assert sorted(p.name for p in default_dir.parent.iterdir()) == ["sentiment-minilm"]
+
+
+def test_cli_rejects_a_negative_class_weight_power(capsys):
+    assert finetune.main(["--class-weight-power", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--class-weight-power: must be a finite number >= 0, got -1.0" in err
+
+
+def test_ensure_model_trains_the_configured_method_into_its_own_folder(tmp_path, monkeypatch):
+    default_dir = tmp_path / "models" / "sentiment-minilm"
+    trained = []
+
+    def fake_finetune(out, base, recipe, recipe_name, data_roots, **options):
+        trained.append((Path(out).name, recipe.lora_rank, recipe_name))
+        _tiny_base(Path(out))
+        identity = finetune.model_identity(base, recipe_name, recipe, options["precision"], options["device"])
+        (Path(out) / "model_card.json").write_text(json.dumps({"identity": identity}))
+
+    monkeypatch.setattr(finetune, "finetune", fake_finetune)
+    lora = finetune.ensure_model(default_dir, method="lora")
+    # The same folder `python -m signals.finetune --method lora` trains into (a sibling, not the default's).
+    cli_folder = finetune.model_folder(default_dir, finetune.model_identity(
+        None, "default", finetune.with_method(finetune.RECIPES["default"], "lora")))
+    assert lora == cli_folder and lora.name.startswith("sentiment-minilm-lora-")
+    assert trained == [(lora.name, 16, "default")]
+    assert finetune.ensure_model(default_dir, method="lora") == lora and len(trained) == 1  # kept, not retrained
+    assert not default_dir.exists()
+    with pytest.raises(finetune.ConfigError, match=r"^signals\.sentiment\.training\.method: 'adapters' is not one"):
+        finetune.ensure_model(default_dir, method="adapters")
