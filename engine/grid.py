@@ -784,8 +784,10 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
             print(f"  signals could not be prepared: {outcome['error'].splitlines()[0]}", flush=True)
     clock.lap("signals")
     # 2. The runs, each stored as soon as it ends. Meanwhile this process, mostly waiting, imports the summary
-    # page's modules (matplotlib: most of a second), which it needs once the runs end.
-    threading.Thread(target=importlib.import_module, args=("reports.sweep",), daemon=True).start()
+    # page's modules (matplotlib: most of a second), which it needs once the runs end, when a core is left over
+    # by the workers (else the import would slow the runs as much as it saves afterwards).
+    if options.backend == "ray" or options.workers < (os.cpu_count() or 1):
+        threading.Thread(target=importlib.import_module, args=("reports.sweep",), daemon=True).start()
     failed = 0
     calls = [(job["job"], job["run_dir"], options.run_files) for job in pending]
     try:
