@@ -377,6 +377,13 @@ def test_the_launcher_takes_the_jobs_its_sweeper_checked_only_for_that_very_swee
     checked = grid.checked_jobs(hydra_app.config_loader, master, jobs)
     for (config, job), expected in zip(checked, grid.compose_jobs(hydra_app.config_loader, master, jobs)):
         assert OmegaConf.to_yaml(config) == OmegaConf.to_yaml(expected) and "hydra" not in job
+        # the job a worker runs: the config without its hydra node, resolved (nothing to resolve here)
+        alone = OmegaConf.create({k: v for k, v in OmegaConf.to_container(config).items() if k != "hydra"})
+        assert job == OmegaConf.to_container(alone, resolve=True, throw_on_missing=False)
+    # an interpolation in a job is resolved against the job's own values
+    (_, job), = grid.checked_jobs(hydra_app.config_loader, master,
+                                  [["data=djia", "signals/sentiment=lexicon", "strategy.name=${data.name}-x"]])
+    assert job["strategy"]["name"] == "djia-x"
     grid.keep_checked_jobs(master, jobs, checked)
     # an equal config of another sweep
     other = hydra_app.compose_config("config", arguments, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
