@@ -359,20 +359,43 @@ def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def task_container(cfg: Any) -> dict:
+    """The task config of a composed ``cfg`` (a DictConfig; its ``hydra`` node left out) as plain, resolved
+    containers (what a run reads; a value not given stays "???"); an interpolation that does not resolve is a
+    ConfigError naming its key.
+
+    >>> job = task_container(sweep_config)  # {"data": {...}, "strategy": {...}, ...}
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)
+    if not _interpolates(container):  # nothing to resolve: already what resolving would give
+        return container
+    try:
+        return OmegaConf.to_container(OmegaConf.create(container), resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {_first_line(getattr(error, 'msg', None) or error)}") from None
+
+
+def _interpolates(node: Any) -> bool:
+    """Whether a plain config holds an interpolation (``${...}``) anywhere."""
+    if isinstance(node, dict):
+        return any(_interpolates(value) for value in node.values())
+    if isinstance(node, list):
+        return any(_interpolates(value) for value in node)
+    return isinstance(node, str) and "${" in node
+
+
 def _plain(cfg: Any) -> dict:
     """The task config (``hydra`` left out) as plain, resolved containers; "???" (a value not given) dropped, so
     that it reads as a missing, required key."""
-    from omegaconf import DictConfig, OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf import DictConfig
 
     if isinstance(cfg, DictConfig):
-        container = OmegaConf.to_container(cfg, resolve=False)
-        container.pop("hydra", None)
-        try:
-            container = OmegaConf.to_container(OmegaConf.create(container), resolve=True, throw_on_missing=False)
-        except OmegaConfBaseException as error:
-            key = getattr(error, "full_key", None) or "config"
-            raise ConfigError(f"{key}: {_first_line(getattr(error, 'msg', None) or error)}") from None
+        container = task_container(cfg)
     else:
         container = {key: value for key, value in dict(cfg).items() if key != "hydra"}
 

@@ -62,10 +62,8 @@ def cached_output(provider: SignalProvider, cache: SignalCache, key: dict[str, A
         return compute()
 
     frame = cache.get_or_compute(provider.name, key, computing)
-    if computed:
-        return frame
-    frame = frame.copy(deep=False)
-    frame.attrs = {"stats": provider.cached_stats(dict(frame.attrs.get("stats", {})))}
+    if not computed:  # a frame read for this caller (a kept one is handed out as a copy, its attrs with it)
+        frame.attrs = {"stats": provider.cached_stats(dict(frame.attrs.get("stats", {})))}
     return frame
 
 
@@ -106,23 +104,12 @@ def join_signals(features: pd.DataFrame, frame: pd.DataFrame | pd.Series, what: 
     clash = [str(c) for c in frame.columns if c in features.columns]
     if clash:
         raise DataError(f"{what}: column {clash[0]!r} is already a feature; two signals may not share a column name")
-    joined = features.join(frame if _is_canonical(frame.index) else canonical_signals(frame), how="left")
+    # canonical_signals keeps an index already in canonical form (its levels checked, no row rebuilt)
+    joined = features.join(canonical_signals(frame), how="left")
     for column in frame.columns:
         if str(column).endswith("_count"):
             joined[column] = joined[column].fillna(0.0)
     return joined
-
-
-def _is_canonical(index: pd.Index) -> bool:
-    """Whether ``index`` already has the (ticker, session) names and dtypes ``canonical_signals`` gives: then
-    rebuilding it (a string per row, factorised again) would change nothing, and cost about as much as the
-    join itself at each window of a walk-forward over hundreds of tickers."""
-    return (isinstance(index, pd.MultiIndex) and list(index.names) == ["ticker", "session"]
-            and index.levels[0].dtype == _TICKER_DTYPE and index.levels[1].dtype == _SESSION_DTYPE)
-
-
-_TICKER_DTYPE = pd.Index([], dtype=object).astype(str).dtype  # what canonical_signals' astype(str) gives
-_SESSION_DTYPE = pd.DatetimeTZDtype("ns", "UTC")
 
 
 def _diagnostic_text(names: list[str], pattern: str | None = None) -> str:

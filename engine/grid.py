@@ -43,7 +43,7 @@ import pandas as pd
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from engine.config import validate_config
+from engine.config import task_container, validate_config
 from engine.errors import ConfigError, NewsbtError
 
 log = logging.getLogger("newsbt.grid")
@@ -223,26 +223,17 @@ _WORKER_THREADS: list[int] = []
 
 def _init_worker(threads: int) -> None:
     from engine.cache import keep_in_memory
+    from engine.run import leave_process
 
-    atexit.register(_exit_without_teardown)
+    # Registered first: once the pool has its last result and every later exit handler has run, the worker ends
+    # without tearing down what it holds, which the sweep's command would wait for.
+    atexit.register(leave_process)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     logging.getLogger("gensim").setLevel(logging.WARNING)
     keep_in_memory(WORKER_KEPT_FRAMES_BYTES)
     _WORKER_THREADS[:] = [threads]
     _limit_torch_threads()
-
-
-def _exit_without_teardown() -> None:
-    """A local worker's last step, once the pool has its last result: flush the output streams and end the process
-    at once, without tearing down every module and object it holds (a second or more per worker holding a
-    dataset's frames and numba's compiled code, which the sweep's command would wait for). Registered first in
-    the worker, so every exit handler registered later (libraries') has run; nothing else is left to write."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(0)
 
 
 def _limit_torch_threads() -> None:
@@ -623,7 +614,7 @@ def checked_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
     checked = []
     try:
         for sweep_config in compose_jobs(config_loader, master, job_overrides):
-            job = _job_container(sweep_config)
+            job = task_container(sweep_config)  # what a worker runs
             validate_config(job)  # every job, before any runs: a bad value fails the sweep, not one run
             checked.append((sweep_config, job))
     except (HydraException, OmegaConfBaseException) as error:
@@ -649,32 +640,6 @@ def _take_checked(master: DictConfig, job_overrides: Sequence[Sequence[str]]) ->
     if _CHECKED["config"] is not master:
         return [None] * len(job_overrides)
     return [_CHECKED["jobs"].pop(tuple(overrides), None) for overrides in job_overrides]
-
-
-def _job_container(sweep_config: DictConfig) -> dict:
-    """The job's config without its hydra node, resolved, as plain containers (what a worker runs; a value not
-    given stays "???"); an interpolation that does not resolve is a ConfigError naming its key."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    container = OmegaConf.to_container(sweep_config, resolve=False)
-    container.pop("hydra", None)
-    if not _interpolates(container):  # nothing to resolve: already what resolving would give
-        return container
-    try:
-        return OmegaConf.to_container(OmegaConf.create(container), resolve=True, throw_on_missing=False)
-    except OmegaConfBaseException as error:  # as engine.config.validate_config reports it
-        detail = str(getattr(error, "msg", None) or error).strip()
-        key = getattr(error, "full_key", None) or "config"
-        raise ConfigError(f"{key}: {detail.splitlines()[0] if detail else detail}") from None
-
-
-def _interpolates(node: Any) -> bool:
-    """Whether a plain config holds an interpolation (``${...}``) anywhere."""
-    if isinstance(node, dict):
-        return any(_interpolates(value) for value in node.values())
-    if isinstance(node, list):
-        return any(_interpolates(value) for value in node)
-    return isinstance(node, str) and "${" in node
 
 
 def _params(overrides: Sequence[str]) -> dict[str, str]:

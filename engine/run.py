@@ -131,6 +131,13 @@ def link_tickers(news: pd.DataFrame, prices: pd.DataFrame, data: dict) -> tuple[
     return linked, report
 
 
+def _data_key(cfg: DictConfig) -> tuple[str, tuple[Path, ...], float]:
+    """What the process's loaded data is keyed by (``_aligned_dataset``, ``_news_accounting``): the data config as
+    JSON, the data roots and the latency."""
+    return (json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True),
+            tuple(project_path(root) for root in cfg.paths.roots), cfg.latency_minutes)
+
+
 @lru_cache(maxsize=4)
 def _aligned_dataset(data_json: str, roots: tuple[Path, ...], latency_minutes: float):
     """Load, link and align once per process (the runs of a sweep in one worker share their data config):
@@ -184,12 +191,11 @@ def build_inputs(cfg: DictConfig, clock: StageClock | None = None) -> Inputs:
     >>> inputs = build_inputs(cfg); inputs.features.columns
     """
     clock = clock or StageClock()
-    roots = [project_path(root) for root in cfg.paths.roots]
+    data_json, roots, _ = data_key = _data_key(cfg)
     cache_root = project_path(cfg.paths.cache)
     cache = SignalCache(cache_root)
-    data_json = json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True)
     hits = _aligned_dataset.cache_info().hits
-    dataset, aligned, linking, seconds = _aligned_dataset(data_json, tuple(roots), cfg.latency_minutes)
+    dataset, aligned, linking, seconds = _aligned_dataset(*data_key)
     for stage, spent in seconds.items():  # nothing spent when this process had them already
         clock.add(stage, 0.0 if _aligned_dataset.cache_info().hits > hits else spent)
     signals = OmegaConf.to_container(cfg.signals, resolve=True)
@@ -245,10 +251,8 @@ def load_data(cfg: DictConfig) -> None:
 
     >>> load_data(cfg)
     """
-    data_json = json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True)
-    roots = tuple(project_path(root) for root in cfg.paths.roots)
-    _aligned_dataset(data_json, roots, cfg.latency_minutes)
-    _news_accounting(data_json, roots, cfg.latency_minutes)
+    _aligned_dataset(*_data_key(cfg))
+    _news_accounting(*_data_key(cfg))
 
 
 def prepare_signals(cfg: DictConfig) -> None:
@@ -307,8 +311,6 @@ def _benchmark_values(backtest, bars: pd.DataFrame, broker: dict) -> np.ndarray:
     """The buy-and-hold benchmark's daily book values: ``backtest(bars, broker)``, computed once per process
     for the same engine, broker settings and bars (every run of a sweep over rule parameters has the same
     benchmark); the key is a fingerprint of the bars' content, so other bars or settings compute their own."""
-    from engine.cache import fingerprint
-
     key = fingerprint(f"{backtest.__module__}.{backtest.__qualname__}", broker, bars)
     if key not in _BENCHMARKS:
         if len(_BENCHMARKS) >= 8:
@@ -380,8 +382,7 @@ def run(cfg: DictConfig, run_dir: Path, files: str = "all", validated: bool = Fa
         final_value=float(equity["value"].iloc[-1]),
         sessions=int(len(equity)),
         # news_items, news_aligned, news_dropped (by reason)
-        **json.loads(_news_accounting(json.dumps(OmegaConf.to_container(cfg.data, resolve=False), sort_keys=True),
-                                      tuple(project_path(root) for root in cfg.paths.roots), cfg.latency_minutes)),
+        **json.loads(_news_accounting(*_data_key(cfg))),
         news_linking=inputs.linking,  # data.news.link_tickers: items considered, linked (by method), unlinked
         fills=int(len(result.fills)),
         stop_fills=int((result.fills["kind"] == "stop").sum()),
@@ -539,10 +540,23 @@ def cli(argv: list[str] | None = None) -> None:
     main()
 
 
+def leave_process() -> None:
+    """Flush logging and the output streams, then end this process at once (status 0), without tearing down each
+    module and object it holds (half a second or more for a process holding a dataset's frames, numba's compiled
+    code or torch). For a process whose work is all written: a sweep's worker (an exit handler registered first,
+    so that every handler registered later has run) and the command (``exit_without_teardown``)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be written to it anyway
+            pass
+    os._exit(0)
+
+
 def exit_without_teardown() -> None:
     """End the command once its work is done and written: join its threads, run every exit handler (as a normal
-    exit does: logging flushed, temporary files removed), flush the output, then leave without tearing down each
-    module and object the process holds (half a second or more after a sweep or a run with torch loaded)."""
+    exit does: logging flushed, temporary files removed), then ``leave_process``."""
     import atexit
     import threading
 
@@ -550,12 +564,7 @@ def exit_without_teardown() -> None:
         if thread is not threading.main_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be written to it anyway
-            pass
-    os._exit(0)
+    leave_process()
 
 
 if __name__ == "__main__":

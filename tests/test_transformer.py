@@ -134,11 +134,20 @@ def test_scores_are_probabilities_of_the_model(tiny_dir, tmp_path):
     assert frame["sentiment"].iloc[0] == pytest.approx(float(probabilities[2] - probabilities[0]), abs=1e-6)
 
 
-def test_a_run_reading_the_signals_from_the_cache_reports_no_texts_scored_and_no_seconds(tiny_dir, tmp_path):
+@pytest.mark.parametrize("kept_bytes", [0, 1 << 20], ids=["read from disk", "kept in memory"])
+def test_a_run_reading_the_signals_from_the_cache_reports_no_texts_scored_and_no_seconds(tiny_dir, tmp_path,
+                                                                                        kept_bytes, monkeypatch):
     # The counts a run reports (metrics.json sentiment_scored, sentiment_seconds) are its own: a run that read the
     # signals frame computed by an earlier one scored nothing, and every distinct text's score came from the cache.
-    from engine.cache import SignalCache
+    import engine.cache
+    from engine.cache import SignalCache, keep_in_memory
     from engine.features import provider_signals
+
+    # this process's memo of read frames, put back as it was after the test
+    for name, fresh in (("_READ_FRAMES", type(engine.cache._READ_FRAMES)()), ("_READ_FRAMES_MAX_BYTES", [0]),
+                        ("_MEMOISE_NUMBERS", [False])):
+        monkeypatch.setattr(engine.cache, name, fresh)
+    keep_in_memory(kept_bytes)  # a sweep's worker keeps the frames it reads (and hands them out as copies)
 
     texts = _phrasebank_slice()["sentence"].iloc[:12].tolist()
     news = _news([(f"T{i % 2}", SESSION_1, t) for i, t in enumerate(texts)] + [("T0", SESSION_2, texts[0])])
