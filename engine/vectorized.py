@@ -1,4 +1,4 @@
-"""The screening engine (``engine=vectorized``): the session rules of ``engine/backtest.py`` without backtrader, a
+"""The screening engine (``engine=vectorized``): the session rules of ``engine/execution.py`` without backtrader, a
 loop over sessions and, within each, over the tickers, compiled with numba (``_simulate``). It takes the same bars
 and settings and returns the same ``BacktestResult`` as backtrader's engine, fill for fill and bit for bit: every
 amount is computed with backtrader's own float operations in backtrader's order (``BackBroker._execute``,
@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from numba import njit, types
 
-from engine.backtest import (
+from engine.execution import (
     CASH_HEADROOM,
     EXECUTION_COLUMNS,
     FILL_COLUMNS,
@@ -128,7 +128,7 @@ class _Market:
 # --- the compiled session loop ----------------------------------------------------------------------------------
 # The Account of backtrader's broker for stock-like instruments (no leverage, short sales credit the cash): cash,
 # each ticker's size and average price. Every order executes whole at once: a reversal is two orders
-# (engine/backtest.py, step 1), so no order both closes and opens a position. The helpers have one signature each,
+# (engine/execution.py, step 1), so no order both closes and opens a position. The helpers have one signature each,
 # given: numba would otherwise compile one version per constant argument (seconds each, on a first run).
 _INTEGERS, _FLOATS, _RECORDS = types.int64[::1], types.float64[::1], types.float64[:, ::1]
 
@@ -257,7 +257,7 @@ def _simulate(opens, weights, tradable, denominators, buy_prices, sell_prices, h
     values, cashes = np.empty(sessions), np.empty(sessions)
     positions = np.empty((sessions, count))
     var_scales = np.empty(max(sessions - first_trading, 0))
-    # The VaR window (engine.backtest.VarWindow): the last var_sessions returns, and the same kept sorted.
+    # The VaR window (engine.execution.VarWindow): the last var_sessions returns, and the same kept sorted.
     window_returns = np.empty(sessions)
     window_start, window_end = 0, 0
     sorted_returns = np.empty(var_sessions + 1)
@@ -298,7 +298,7 @@ def _simulate(opens, weights, tradable, denominators, buy_prices, sell_prices, h
                 any_order = any_order or ordered[k]
             if any_order:
                 # The session's rebalances at the open: the sells, then the buys fitted to the cash
-                # (engine/backtest.py, step 2), each in ticker order, a reversal as two orders (close, then open).
+                # (engine/execution.py, step 2), each in ticker order, a reversal as two orders (close, then open).
                 number, sells = 0, 0
                 for side in range(2):  # 0: the sells, 1: the buys
                     selling = side == 0
@@ -348,7 +348,7 @@ def _simulate(opens, weights, tradable, denominators, buy_prices, sell_prices, h
                                                 price, commission, tally, records, recorded)
             if use_stop:
                 # The stops the session's bar reaches, in ticker order (StopLossBroker._stop_out and backtrader's
-                # stop matching), each from its position's entry (engine/backtest.py, step 3). NaN prices (no bar)
+                # stop matching), each from its position's entry (engine/execution.py, step 3). NaN prices (no bar)
                 # compare false. Each stop sells (buys) the whole position: all of it closes, nothing opens, so the
                 # cash can't run short and the order fills exactly, in _execute's float steps.
                 for k in range(count):
@@ -437,7 +437,7 @@ def _simulate(opens, weights, tradable, denominators, buy_prices, sell_prices, h
 
 
 def _records(market: _Market, records: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The fills and the round trips (``engine.backtest.round_trips`` of the executions, in order)."""
+    """The fills and the round trips (``engine.execution.round_trips`` of the executions, in order)."""
     if not len(records):
         return _like_backtrader(pd.DataFrame(columns=FILL_COLUMNS), "date"), _like_backtrader(
             round_trips({name: [] for name in EXECUTION_COLUMNS}), "opened", "closed")

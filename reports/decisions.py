@@ -38,7 +38,7 @@ HEADLINES = 3  # headlines per decision
 SHOWN_DECISIONS = 200  # the tear sheet shows the most recent ones; decisions.csv holds them all
 SHOWN_TEXT_CHARACTERS = 300  # a longer headline is cut (with "…") in the tear sheet only
 SCORE_COLUMN = "sentiment"  # news.parquet's per-item score that the headlines are ranked by
-# Fill sizes are whole multiples of 1e-6 units (engine.backtest rounds orders so): positions are summed to that.
+# Fill sizes are whole multiples of 1e-6 units (both engines round orders so, engine.execution): positions are summed to that.
 SIZE_DECIMALS = 6
 
 DECISION_COLUMNS = [
@@ -95,7 +95,7 @@ def fill_actions(fills: pd.DataFrame, stop_loss: float | None) -> pd.DataFrame:
         else:
             action = "increase" if abs(after) > abs(before) else "decrease"
         # The broker's average entry: the fill price when a position opens or reverses, the size-weighted mean
-        # when it grows, unchanged when it shrinks (engine.backtest, step 3).
+        # when it grows, unchanged when it shrinks (engine.execution, step 3).
         if after == 0:
             entry.pop(ticker, None)
         elif before == 0 or (before > 0) != (after > 0):
