@@ -12,13 +12,11 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any, Callable
 
-import matplotlib
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from engine.errors import ConfigError, DataError
-from reports import _plots
+from reports import _svg
 from reports._html import (
     SORT_SCRIPT, _cell, _document, _finite, _href, _integer, _link, _number, _number_cell, _percent, _table,
     _write_text_atomic,
@@ -333,35 +331,62 @@ def _varying(frame: pd.DataFrame, params: list[str]) -> list[str]:
 
 
 def _heatmap_chart(grid: pd.DataFrame, x_key: str, y_key: str, metric: str) -> str:
-    """The mean ``metric`` of each (y, x) cell of ``grid`` as coloured, annotated squares."""
+    """The mean ``metric`` of each (y, x) cell of ``grid`` as coloured, annotated squares (inline SVG): red to
+    green from the worst to the best value (``LOWER_IS_BETTER`` reversed), grey where no run has a value."""
     values = grid.to_numpy(dtype="float64")
     rows, columns = values.shape
-    height = min(2.0 + 0.45 * rows, 12.0)
-    width = min(max(4.0, 1.8 + 0.9 * columns), _plots.WIDTH_INCHES)
-    figure = Figure(figsize=(width, height))
-    axis = figure.subplots()
-    colours = matplotlib.colormaps["RdYlGn_r" if metric in LOWER_IS_BETTER else "RdYlGn"].with_extremes(bad="#dddddd")
-    image = axis.imshow(np.ma.masked_invalid(values), cmap=colours, aspect="auto")
-    figure.colorbar(image, ax=axis, label=_plots._label(metric))
-    axis.set_xticks(range(columns), [_plots._label(c) for c in grid.columns], rotation=45 if columns > 6 else 0)
-    axis.set_yticks(range(rows), [_plots._label(r) for r in grid.index])
-    axis.set_xlabel(_plots._label(x_key))
-    axis.set_ylabel(_plots._label(y_key))
     format_value = METRIC_FORMATS.get(metric, _number(3))
+    x_labels, y_labels = [str(c) for c in grid.columns], [str(r) for r in grid.index]
     finite = values[np.isfinite(values)]
-    middle = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-    spread = (finite.max() - finite.min()) if finite.size else 0.0
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    reverse = metric in LOWER_IS_BETTER
+
+    def fill(value: float) -> str:
+        if not math.isfinite(value):
+            return _svg.MISSING
+        fraction = (value - low) / (high - low) if high > low else 0.5
+        return _svg.colour(1.0 - fraction if reverse else fraction)
+
+    cell_width, cell_height, char = (64.0 if columns <= 8 else 52.0), 28.0, 7.0
+    slanted = columns > 6 or max(map(len, x_labels)) * char > cell_width
+    left = 16.0 + max(max(map(len, y_labels)), len(y_key)) * char
+    top = 52.0  # the title, then the y parameter's name above its values
+    x_label_height = (max(map(len, x_labels)) * char * 0.72 + 14) if slanted else 20.0
+    title = f"{metric} by {y_key} and {x_key}"
+    width = max(left + columns * cell_width + 24 + 14 + 80, len(title) * 7.5 + 20)
+    height = top + rows * cell_height + x_label_height + 24
+    body = [_svg.text(width / 2, 16, title, 13, weight="bold"),
+            _svg.text(left - 8, top - 12, y_key, 12, anchor="end")]
     for row in range(rows):
+        y = top + row * cell_height
+        body.append(_svg.text(left - 8, y + cell_height / 2, y_labels[row], 11, anchor="end"))
         for column in range(columns):
-            value = values[row, column]
-            if not math.isfinite(value):
-                continue
-            # Extreme ends of the colour map are dark: white text there, black in the light middle.
-            dark = spread > 0 and abs(value - middle) > 0.35 * spread
-            axis.text(column, row, _plots._label(format_value(value)), ha="center", va="center", fontsize=8,
-                      color="white" if dark else "black")
-    axis.set_title(_plots._label(f"{metric} by {y_key} and {x_key}"), fontsize=10)
-    return _plots._image(figure, html.escape(f"heatmap of {metric}"))
+            x, value = left + column * cell_width, values[row, column]
+            background = fill(value)
+            body.append(_svg.rect(x, y, cell_width - 1, cell_height - 1, background,
+                                  f' data-value="{float(value)!r}"' if math.isfinite(value) else ""))
+            if math.isfinite(value):
+                body.append(_svg.text(x + cell_width / 2, y + cell_height / 2, format_value(value), 11,
+                                      fill="white" if _svg.dark(background) else "black"))
+    bottom = top + rows * cell_height
+    for column, label in enumerate(x_labels):
+        x = left + (column + 0.5) * cell_width
+        body.append(_svg.text(x, bottom + 12, label, 11, anchor="end", rotate=-45) if slanted
+                    else _svg.text(x, bottom + 12, label, 11))
+    body.append(_svg.text(left + columns * cell_width / 2, bottom + x_label_height + 10, x_key, 12))
+    # The colour key: worst at the bottom, best at the top, with the two ends' values.
+    key_x, steps = left + columns * cell_width + 24, 24
+    key_height = max(rows * cell_height, 84.0)
+    for step in range(steps):
+        fraction = 1.0 - (step + 0.5) / steps
+        body.append(_svg.rect(key_x, top + step * key_height / steps, 14, key_height / steps + 0.5,
+                              _svg.colour(fraction)))
+    best, worst = (low, high) if reverse else (high, low)
+    body.append(_svg.text(key_x + 18, top + 6, f"{format_value(best)} (best)" if finite.size else "", 10,
+                          anchor="start"))
+    body.append(_svg.text(key_x + 18, top + key_height - 6, format_value(worst) if finite.size else "", 10,
+                          anchor="start"))
+    return _svg.svg(width, max(height, top + key_height + 8), f"heatmap of {metric}", body)
 
 
 def _heatmap_section(frame: pd.DataFrame, params: list[str], metric: str, heatmap: tuple[str, str] | None) -> str:
@@ -393,29 +418,47 @@ def _overfitting_section(frame: pd.DataFrame, best: int | None) -> str:
     both = frame[frame["_ok"]][columns].dropna()
     if both.empty:
         return '<p class="note">No successful run has both an in-sample and an out-of-sample Sharpe ratio: no scatter.</p>'
-    figure = Figure(figsize=(5.5, 5.0))
-    axis = figure.subplots()
-    axis.scatter(both[columns[0]], both[columns[1]], s=22, alpha=0.75, label="run")
-    if best is not None and best in both.index:
-        axis.scatter([both.loc[best, columns[0]]], [both.loc[best, columns[1]]], s=70, marker="*", color="crimson",
-                     label="best run", zorder=3)
     low = float(min(both.min().min(), 0.0))
     high = float(max(both.max().max(), 0.0))
     margin = 0.05 * (high - low) if high > low else 1.0
-    ends = [low - margin, high + margin]
-    axis.plot(ends, ends, color="grey", linewidth=0.8, linestyle="--", label="y = x")
-    axis.set_xlim(ends)
-    axis.set_ylim(ends)
-    axis.set_xlabel("In-sample Sharpe")
-    axis.set_ylabel("Out-of-sample Sharpe")
-    axis.grid(True, alpha=0.3)
-    axis.legend(fontsize=8, loc="upper left")
-    axis.set_title("In-sample vs out-of-sample Sharpe, one point per run", fontsize=10)
+    start, end = low - margin, high + margin
+    left, top, size = 58.0, 34.0, 340.0
+    width = left + size + 40
+
+    def x_of(value: float) -> float:
+        return left + (value - start) / (end - start) * size
+
+    def y_of(value: float) -> float:
+        return top + size - (value - start) / (end - start) * size
+
+    body = [_svg.text(width / 2, 16, "In-sample vs out-of-sample Sharpe, one point per run", 12, weight="bold"),
+            _svg.rect(left, top, size, size, "none", ' stroke="#888"')]
+    for tick in _svg.ticks(start, end):
+        body += [_svg.line(x_of(tick), top, x_of(tick), top + size, "#e4e4e4"),
+                 _svg.line(left, y_of(tick), left + size, y_of(tick), "#e4e4e4"),
+                 _svg.text(x_of(tick), top + size + 12, f"{tick:g}", 10),
+                 _svg.text(left - 6, y_of(tick), f"{tick:g}", 10, anchor="end")]
+    body += [_svg.text(left + size / 2, top + size + 32, "In-sample Sharpe", 12),
+             _svg.text(14, top + size / 2, "Out-of-sample Sharpe", 12, rotate=-90),
+             _svg.line(x_of(start), y_of(start), x_of(end), y_of(end), "grey", ' stroke-dasharray="5 4"')]
+    for run, (in_sample, out_of_sample) in both.iterrows():
+        body.append(f'<circle class="run" cx="{x_of(in_sample):.1f}" cy="{y_of(out_of_sample):.1f}" r="4" '
+                    f'fill="#1f77b4" fill-opacity="0.75"><title>in sample {in_sample:.2f}, out of sample '
+                    f'{out_of_sample:.2f}</title></circle>')
+    if best is not None and best in both.index:
+        body.append(_svg.star(x_of(both.loc[best, columns[0]]), y_of(both.loc[best, columns[1]]), 9, "crimson",
+                              ' class="best"'))
+    body += ['<circle cx="72" cy="48" r="4" fill="#1f77b4" fill-opacity="0.75"/>',
+             _svg.text(82, 48, "run", 10, anchor="start"),
+             _svg.star(72, 64, 7, "crimson"), _svg.text(82, 64, "best run", 10, anchor="start"),
+             _svg.line(64, 80, 80, 80, "grey", ' stroke-dasharray="5 4"'),
+             _svg.text(82, 80, "y = x", 10, anchor="start")]
     note = (
         f"{len(both)} successful run(s). Points far below the dashed y = x line did much worse out of sample than "
         "in sample: a sign of overfitting."
     )
-    return _plots._image(figure, "in-sample vs out-of-sample Sharpe") + f'\n<p class="note">{html.escape(note)}</p>'
+    return (_svg.svg(width, top + size + 46, "in-sample vs out-of-sample Sharpe", body)
+            + f'\n<p class="note">{html.escape(note)}</p>')
 
 
 # ---------------------------------------------------------------- page

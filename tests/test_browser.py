@@ -260,7 +260,12 @@ def test_report_in_a_browser(browser, site, name):
 
 def test_sweep_summary_in_a_browser(browser, site):
     page = open_page(browser, site["summary"])
-    assert_clean(page, images=1)  # the scatter (one parameter varies: no heatmap)
+    assert_clean(page, images=0)  # its charts are inline SVG
+    # The scatter, laid out with a size, one point per run (one parameter varies: no heatmap).
+    charts = browser.execute_script("""return Array.from(document.querySelectorAll('svg.chart')).map(c =>
+        [c.getAttribute('aria-label'), c.getBoundingClientRect().width, c.querySelectorAll('circle.run').length])""")
+    assert charts == [["in-sample vs out-of-sample Sharpe", pytest.approx(charts[0][1]), len(RUNS)]]
+    assert charts[0][1] > 300
     rows = browser.execute_script("""
         var table = document.getElementById('runs');
         var heads = Array.from(table.tHead.rows[0].cells).map(c => c.textContent);

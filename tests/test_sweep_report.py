@@ -129,8 +129,8 @@ def test_summary_page_of_a_twelve_run_sweep(tmp_path):
     assert 'href="../runs/clu-0.003-250/report.html"' in text
     assert html_escaped(RAW_ERROR) in text and RAW_ERROR not in text and "<b>" not in text
     assert "Sweep &lt;1&gt;" in text
-    assert text.count('src="data:image/png;base64,') == 2  # the heatmap and the scatter
-    assert 'alt="heatmap of sharpe"' in text
+    assert text.count('<svg class="chart"') == 2 and "<img" not in text  # the heatmap and the scatter
+    assert 'aria-label="heatmap of sharpe"' in text
     assert "averaged over the other parameters that vary: strategy" in text
     assert "<td>97.50%</td>" in text  # transformer hit rate 39 / 40
     assert "http://" not in text and "https://" not in text
@@ -147,6 +147,46 @@ def test_summary_page_of_a_twelve_run_sweep(tmp_path):
 
 def html_escaped(raw: str) -> str:
     return raw.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cell_fills(text: str) -> dict[float, str]:
+    """The heatmap's cells: value -> fill colour (a cell without a value has no data-value)."""
+    return {float(value): fill for fill, value in re.findall(r'fill="([^"]*)" data-value="([^"]*)"', text)}
+
+
+def test_heatmap_colours_run_from_worst_red_to_best_green(tmp_path):
+    # Cells (mean sharpe over strategy): train 100: 1.35, 2.60 (its regression run failed), 3.35; train 250:
+    # 1.50, 2.50, 3.50. ColorBrewer's RdYlGn from the worst (1.35: #a50026) to the best (3.50: #006837); 2.50
+    # lies at (2.50 - 1.35) / 2.15 = 0.5349 of the way, 0.349 of the way from #ffffbf (sixth of 11 colours) to
+    # #d9ef8b: (255 - 38 * 0.349, 255 - 16 * 0.349, 191 - 52 * 0.349) = (242, 249, 173) = #f2f9ad.
+    results = planted_results(tmp_path)
+    text = write_sweep_summary(results, PARAMS, tmp_path / "s.html").read_text(encoding="utf-8")
+    fills = cell_fills(text)
+    assert sorted(fills) == pytest.approx([1.35, 1.5, 2.5, 2.6, 3.35, 3.5])
+    by_value = {round(value, 6): fill for value, fill in fills.items()}
+    assert (by_value[1.35], by_value[3.5], by_value[2.5]) == ("#a50026", "#006837", "#f2f9ad")
+    # A metric where lower is better runs the other way; a cell no run reaches is grey and has no value.
+    results["volatility"] = results["sharpe"]
+    missing = (results["strategy.threshold"] == 0.001) & (results["walk_forward.train_sessions"] == 100)
+    text = write_sweep_summary(results[~missing], PARAMS, tmp_path / "v.html", metric="volatility").read_text(
+        encoding="utf-8")
+    by_value = {round(value, 6): fill for value, fill in cell_fills(text).items()}
+    assert sorted(by_value) == [1.5, 2.5, 2.6, 3.35, 3.5]
+    assert (by_value[1.5], by_value[3.5]) == ("#006837", "#a50026")
+    assert text.count('fill="#dddddd"') == 1
+
+
+def test_scatter_places_each_run_at_its_two_sharpe_ratios(tmp_path):
+    # in-sample = sharpe + 0.5, out-of-sample = sharpe; both axes span [0 - m, 4.25 + m], m = 0.05 * 4.25, over
+    # 340 px from x = 58 (left) and y = 34 + 340 (bottom).
+    results = planted_results(tmp_path)
+    text = write_sweep_summary(results, PARAMS, tmp_path / "s.html").read_text(encoding="utf-8")
+    points = [(float(x), float(y)) for x, y in re.findall(r'<circle class="run" cx="([^"]*)" cy="([^"]*)"', text)]
+    start, span = -0.2125, 4.25 + 2 * 0.2125
+    ok = results[results["status"] == "ok"]
+    expected = [(58 + (s + 0.5 - start) / span * 340, 374 - (s - start) / span * 340) for s in ok["sharpe"]]
+    assert sorted(points) == [pytest.approx(point, abs=0.051) for point in sorted(expected)]
+    assert text.count('class="best"') == 2  # the best run's row and its star
 
 
 def test_heatmap_needs_two_varying_parameters(tmp_path):
