@@ -35,7 +35,8 @@ def test_write_csv_gives_pandas_bytes_for_every_kind_of_column(tmp_path):
         "float32": rng.normal(size=n).astype(np.float32),
         "int": rng.integers(-5, 5, size=n),
         "bool": rng.integers(0, 2, size=n).astype(bool),
-        "text": pd.array(rng.choice(["a", "b,c", 'q"d', "", "x\ny", "é", " s "], size=n), dtype="str"),
+        "text": pd.array(rng.choice(["a", "b,c", 'q"d', "", "x\ny", "é", " s ", "c\rr", "t\tab", "sem;i", "'", "\\"],
+                                    size=n), dtype="str"),
         "instant": pd.to_datetime(rng.integers(0, 2**62, size=n) // 1000, utc=True).as_unit("ns"),
         "object": pd.Series(rng.choice(["u", "v,w"], size=n), dtype=object),
     })
@@ -44,6 +45,13 @@ def test_write_csv_gives_pandas_bytes_for_every_kind_of_column(tmp_path):
     variants = {
         "mixed": frame,
         "dates only": frame.assign(instant=pd.to_datetime(rng.integers(0, 20_000, size=n), unit="D")),
+        "dates only, some missing, in microseconds": frame.assign(
+            instant=pd.to_datetime(rng.integers(-20_000, 20_000, size=n), unit="D").as_unit("us").where(
+                np.arange(n) % 13 != 0)),
+        "no dates": frame.assign(instant=pd.Series(pd.NaT, index=frame.index, dtype="datetime64[s]")),
+        "dates and one instant after midnight": frame.assign(
+            instant=pd.to_datetime(rng.integers(0, 20_000, size=n), unit="D") + pd.to_timedelta(
+                (np.arange(n) == 17) * 1000, unit="ns")),
         "milliseconds": frame.assign(instant=pd.to_datetime(rng.integers(0, 2**40, size=n), unit="ms")),
         "New York": frame.assign(instant=pd.Timestamp("2020-01-02 09:30", tz="America/New_York")),
         "empty": frame.iloc[:0],
