@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the optional encoder is loaded from the installed package, never the hub
 
@@ -73,37 +73,43 @@ def _lower_pattern(pattern: str) -> str:
                   pattern)
 
 
-class _Patterns(NamedTuple):
-    """Per kind, (regex, cased) pairs: a cased regex reads the text as it is, the others its lower-cased copy."""
+class _Patterns:
+    """The patterns of one event type, joined per kind (plain, company-cued, weak) and case handling into one
+    regex each, as (regex, cased) pairs: a cased regex reads the text as it is, the others its lower-cased copy.
+    Compiled on first use: the module's 66 regexes take a fifth of a second to compile, which a process that only
+    checks a config (a sweep's driver) or reads cached events never needs."""
 
-    plain: tuple[tuple[re.Pattern, bool], ...]
-    company: tuple[tuple[re.Pattern, bool], ...]
-    weak: tuple[tuple[re.Pattern, bool], ...]
+    KINDS = ("plain", "company", "weak")
+
+    def __init__(self, *patterns: str):
+        self.patterns = patterns
+        self._compiled: dict[str, tuple[tuple[re.Pattern, bool], ...]] | None = None
+
+    def compiled(self) -> dict[str, tuple[tuple[re.Pattern, bool], ...]]:
+        if self._compiled is None:
+            parts: dict[tuple[str, bool], list[str]] = {}
+            for pattern in self.patterns:
+                kind, cased = "plain", False
+                while pattern.startswith((_CASED, _COMPANY, _WEAK)):
+                    marker = next(m for m in (_CASED, _COMPANY, _WEAK) if pattern.startswith(m))
+                    pattern = pattern[len(marker):]
+                    cased |= marker == _CASED
+                    kind = {_COMPANY: "company", _WEAK: "weak"}.get(marker, kind)
+                parts.setdefault((kind, cased), []).append(pattern if cased else _lower_pattern(pattern))
+            self._compiled = {kind: tuple((re.compile("|".join(f"(?:{p})" for p in parts[kind, cased])), cased)
+                                          for cased in (False, True) if (kind, cased) in parts)
+                              for kind in self.KINDS}
+        return self._compiled
 
     def search(self, kinds: Iterable[str], text: str, lower: str) -> int | None:
         """Where the first match of the patterns of ``kinds`` starts, or None."""
-        starts = [match.start() for kind in kinds for regex, cased in getattr(self, kind)
+        compiled = self.compiled()
+        starts = [match.start() for kind in kinds for regex, cased in compiled[kind]
                   if (match := regex.search(text if cased else lower)) is not None]
         return min(starts) if starts else None
 
 
-def _compile(*patterns: str) -> _Patterns:
-    """The patterns of one event type, joined per kind (plain, company-cued, weak) and case handling."""
-    parts: dict[tuple[str, bool], list[str]] = {}
-    for pattern in patterns:
-        kind, cased = "plain", False
-        while pattern.startswith((_CASED, _COMPANY, _WEAK)):
-            marker = next(m for m in (_CASED, _COMPANY, _WEAK) if pattern.startswith(m))
-            pattern = pattern[len(marker):]
-            cased |= marker == _CASED
-            kind = {_COMPANY: "company", _WEAK: "weak"}.get(marker, kind)
-        parts.setdefault((kind, cased), []).append(pattern if cased else _lower_pattern(pattern))
-    return _Patterns(*(tuple((re.compile("|".join(f"(?:{p})" for p in parts[kind, cased])), cased)
-                             for cased in (False, True) if (kind, cased) in parts)
-                       for kind in _Patterns._fields))
-
-
-_COMPANY_CUE = _compile(
+_COMPANY_CUE = _Patterns(
     r"\$TKR|\b(?:Inc|Corp|Corporation|Co|company|companies|firms?|plc|Ltd|LLC|maker|manufacturers?|automakers?|carmakers?"
     r"|airlines?|retailers?|start-?ups?|giant|bank|banks|ISPs?|industry|Apple|Google"
     r"|Alphabet|Microsoft|Amazon|Facebook|Samsung|Oracle|Uber|Twitter|YouTube|Boeing|Exxon|Coca-Cola|Coke|JPMorgan"
@@ -123,7 +129,7 @@ _PRODUCT_NOUNS = (r"(?:smartphones?|tablets?|laptops?|gadgets?|apps?|smartwatch(
 
 # Items these match are `other` whatever else they contain: fund holdings from 13F filings, insider trades,
 # quote-bot templates, investing articles and stock-alert spam name an event word without reporting an event.
-_OTHER = _compile(
+_OTHER = _Patterns(
     r"\b(?:LLC|L\.P\.|Advisors?|Management|Capital|Partners|Investments?|Associates|Fund|Pensionfund|Trust|Bank|Group)\b"
     r".{0,40}\b(?:has|holds|cuts|trims|raises|boosts|increases|decreases|lowers|reduces|sells|buys|acquires|takes|adds)\b"
     r".{0,40}\b(?:stake|position|holdings?|shares)\b",
@@ -149,7 +155,7 @@ _OTHER = _compile(
 )
 
 _PATTERNS: dict[str, _Patterns] = {
-    "earnings": _compile(
+    "earnings": _Patterns(
         _COMPANY + r"\bearnings\b(?!\s+(?:guidance|outlook|forecasts?|guide)\b)",
         r"\b(?:Q[1-4]|FQ[1-4]|quarterly|(?:first|second|third|fourth)[- ]quarter)\b.{0,30}"
         r"\b(?:results?|earnings|profits?|loss|revenues?|sales|EPS|margins?)\b(?! (?:forecast|outlook|guidance))",
@@ -162,7 +168,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:profits?|revenues?|sales) (?:beats?|misses|jumps?|falls?|rises?|drops?|surges?|plunges?|slumps?|up|down)\b",
         _CASED + r"\bER\b(?= ?\d|\s+(?i:today|tomorrow|tonight|after|before))",
     ),
-    "guidance": _compile(
+    "guidance": _Patterns(
         _COMPANY + r"(?<!trading )\bguidance\b",
         r"\bguides?\b(?= (?:in[- ]line|lower|higher|above|below|very|soft|weak|strong|light))",
         r"\b(?:soft|weak|strong|light|poor|bad|lower|raised) guides?\b|\b(?:FY|Q[1-4]|full[- ]year|annual)\s?\d*\s+guide\b",
@@ -176,7 +182,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"(?<!analysts )(?<!analyst )\b(?:sees|expects)\b.{0,25}\b(?:Q[1-4]|FY|fiscal|full[- ]year|20\d\d)\b"
         r".{0,30}\b(?:profits?|revenues?|sales|EPS|earnings)\b",
     ),
-    "analyst_rating": _compile(
+    "analyst_rating": _Patterns(
         r"\b(?:up|down) ?graded\b(?= (?:to|by|at|from|on|in)\b)|\b(?:has|have|was|were|been|is|are|gets?|got) (?:up|down)graded\b",
         r"\b(?:up|down)grades? (?:to|from)\b|\$TKR (?:up|down)grade\b|\b(?:up|down)graded \$TKR",
         _CASED + r"\b(?i:up|down)grades (?:\$TKR|[A-Z])",
@@ -198,7 +204,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:Moody's|Fitch|S&P|Standard & Poor's)\b(?!.*\b(?:debt|sovereign|country|nation|government)\b)"
         r".{0,30}\b(?:affirms?|upgrades?|downgrades?|cuts?|raises?|rates?)\b",
     ),
-    "mergers_acquisitions": _compile(
+    "mergers_acquisitions": _Patterns(
         r"\b(?:acquires|acquiring|to acquire|acquisition (?:of|by)|acquired by|agreed to acquire|(?:has|have|had) acquired)\b"
         r"(?!(?:\s+\S+){0,4}\s+rights\b)",
         _COMPANY + r"\b(?:acquire|acquisitions?)\b",
@@ -215,7 +221,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\bsells? (?:its |the )?(?:\S+ ){0,3}(?:unit|division|business|arm|subsidiary)\b",
         _CASED + r"\b(?i:buys|bought|purchases|purchased) [A-Z][\w&.-]+(?: [A-Z][\w&.-]+)? (?i:for|from|in)\b",
     ),
-    "legal_regulatory": _compile(
+    "legal_regulatory": _Patterns(
         r"\b(?:lawsuits?|sues|sued|suing|class[- ]action|settle(?:s|d|ment)|fined|fines? (?:of|for)|penalty|antitrust"
         r"|anti-trust|competition (?:rules|law|probe)|patent (?:suit|case|lawsuit|infringement|dispute|war|troll|fight|system"
         r"|battle)|infring\w+|subpoena\w*|gag order|injunctions?)\b",
@@ -238,7 +244,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:bank(?:ing)?|financial) (?:reforms?|regulations?|rules|overhaul|levy|levies|tax(?:es)?)\b"
         r"|\b(?:overhaul|regulat|reform)\w* (?:the |its )?(?:\S+ )?(?:banking|financial) (?:system|sector|industry)\b",
     ),
-    "product_contract": _compile(
+    "product_contract": _Patterns(
         # company-cued: states and agencies launch missiles, missions, cabinets and campaigns far more than products
         _COMPANY + r"\b(?:launch(?:es|ed|ing)?|unveil(?:s|ed|ing)?|introduc(?:es|ed|ing)|debut(?:s|ed)?|rolls? out|rollout)\b"
         r"(?!(?: \S+){0,4} (?:air ?strikes?|attacks?|offensive|missiles?|rockets?|raids?|war|probes?|investigations?|inquiry"
@@ -254,7 +260,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\bpatent (?:issued|application|granted|filing|for)\b|\b(?:granted|awarded|files?(?: for)?|wins?|receives?) (?:an? |new )?patent\b",
         _WEAK + _CASED + r"(?:\b|(?=\$))" + _PRODUCT_NAMES + r"\b", _WEAK + r"\b" + _PRODUCT_NOUNS + r"\b",
     ),
-    "management_change": _compile(
+    "management_change": _Patterns(
         r"\b" + _ROLES + r"s?\b.{0,40}\b(?:resign(?:s|ed|ing|ation)?|steps? down|stepping (?:down|aside)"
         r"|quits?|retir(?:e|es|ed|ing|ement)|ousted|fired|sacked|depart(?:s|ing|ure)?|leav(?:e|es|ing)|replac(?:e|es|ed|ing)"
         r"|successor|succeed(?:s|ed)?|won't leave)\b",
@@ -263,7 +269,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\bnew (?:CEO|CFO|COO|chairman|chief executive|boss)\b",
         r"\b(?:steps? down|resigns?|retires?) (?:as|from) (?:\S+ ){0,3}(?:CEO|CFO|COO|chairman|chief|president|board|head)\b",
     ),
-    "capital_actions": _compile(
+    "capital_actions": _Patterns(
         r"\b(?:buy ?backs?|share repurchases?|repurchas(?:e|es|ed|ing)|stock splits?|share splits?|splits? its stock"
         r"|\d[- ]for[- ]\d|IPO|IPOs|initial public offering|secondary offering|(?:share|stock|bond|debt|notes) (?:sale|offering|issue)"
         r"|rights issue|ex-?div(?:idend)?|delist(?:s|ed|ing)?|funding round|bought back|pre-split|post-split|goes public"
@@ -274,7 +280,7 @@ _PATTERNS: dict[str, _Patterns] = {
         r"\b(?:quarterly|annual|special|cash) dividend\b",
         r"\braises? \$[\d.,]+ ?(?:billion|million|bn|mln|m|b)\b(?! (?:for|in aid|to fight))",
     ),
-    "macro_market": _compile(
+    "macro_market": _Patterns(
         _CASED + r"\bFed\b(?! up\b)|\b[A-Z][a-z]+(?:'s)? (?:\S+ ){0,3}(?i:downgraded|cut|upgraded|raised) to junk\b",
         r"\b(?:downgrade|upgrade|cut)s? (?:of )?(?:\S+ ){0,2}(?:debt|sovereign)\b",
         r"\b(?:FOMC|Federal Reserve|ECB|BoJ|Bank of Japan|Bank of England|PBOC|central banks?|interest rates?"
@@ -306,7 +312,7 @@ _PATTERNS: dict[str, _Patterns] = {
 }
 # With the encoder on, items no pattern decides reach it only if they use a business or economic word: world news
 # and ticker chatter without one stay `other` (and the encoder, the slow part, reads a fraction of the stream).
-_ENCODER_GATE = _compile(
+_ENCODER_GATE = _Patterns(
     r"\b(?:compan(?:y|ies)|firms?|business\w*|corporat\w*|Inc|Corp|CEO|chief|executives?|boss|board|profits?|revenues?"
     r"|sales|earnings|quarter\w*|forecast\w*|outlook|growth|analysts?|ratings?|targets?|upgrad\w*|downgrad\w*|acqui\w*"
     r"|merg\w*|takeover|stakes?|deals?|lawsuits?|courts?|judges?|regulat\w*|fined?|patents?|launch\w*|unveil\w*"
@@ -321,7 +327,7 @@ _SPACE = re.compile(r"\s+")
 _CASHTAG = re.compile(r"\$[A-Za-z][A-Za-z.]{0,6}\b")
 # A run of hashtags and cashtags closing a tweet tags it; it does not say what happened.
 _TRAILING_TAGS = re.compile(r"(?:\s+(?:#\w+|\$TKR|…|\.\.\.|[|~:-]))+\s*$")
-_DEAL_REVIEW = _compile(r"\b(?:approv\w*|clear(?:s|ed|ance)|block(?:s|ed)?|review\w*|conditions)\b")
+_DEAL_REVIEW = _Patterns(r"\b(?:approv\w*|clear(?:s|ed|ance)|block(?:s|ed)?|review\w*|conditions)\b")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'"})
 _RANK = {name: position for position, name in enumerate(PRIORITY)}
 
