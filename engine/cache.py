@@ -93,6 +93,25 @@ def _row_hashes(frame: pd.DataFrame) -> bytes:
     return hashes
 
 
+def memory_key(*parts: Any) -> bytes:
+    """An in-process key of ``parts`` (frames and JSON-able values): each frame by ``_memory_digest``, its exact
+    memory (a tenth or less of ``fingerprint``'s hashing), or by ``fingerprint`` when it keeps Python objects.
+    Equal keys mean equal contents; equal contents laid out in memory otherwise only give another key. For memos
+    within one process, never for cache files (``fingerprint`` is the stable key across versions and layouts).
+
+    >>> memory_key("engine.vectorized.run_vectorized", {"cash": 1e5}, bars)
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, pd.DataFrame):
+            memory = _memory_digest(part)
+            digest.update(b"memory " + memory if memory is not None else b"fingerprint " + fingerprint(part).encode())
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+        digest.update(b"\x1f")
+    return digest.digest()
+
+
 def _memory_digest(frame: pd.DataFrame) -> bytes | None:
     """SHA-256 of everything a frame's content is read from: its shape, column names, dtypes, every byte of
     its value buffers and of its index. Equal digests mean equal frames (the converse need not hold: the same

@@ -523,3 +523,34 @@ def test_the_benchmark_is_computed_once_per_bars_and_broker(monkeypatch):
     assert _benchmark_values(counted, moved, broker)[3] == 10 + 90 * 20.0 and len(calls) == 2
     richer = _benchmark_values(counted, bars, dict(broker, cash=2000.0))  # 181 units, 9 in cash
     assert richer[1] == 9 + 181 * 12 and len(calls) == 3
+    bars.iloc[4, bars.columns.get_loc("close")] = 30.0  # the very frame already keyed, edited in place
+    assert _benchmark_values(counted, bars, broker)[4] == 10 + 90 * 30.0 and len(calls) == 4
+    later = bars.set_axis(bars.index.set_levels(bars.index.levels[1] + pd.Timedelta(days=7), level=1))
+    _benchmark_values(counted, later, broker)  # the same values a week later: other bars
+    assert len(calls) == 5
+
+
+@pytest.mark.parametrize("overrides", [
+    ["strategy=cluster", "data=djia"], ["strategy=regression", "data=stocknet", "signals/sentiment=transformer"],
+    ["strategy=sentiment", "data=csv"], ["strategy=buy_and_hold", "engine=vectorized"],
+])
+def test_config_yaml_is_omegaconfs_text(overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from engine.run import config_yaml
+
+    GlobalHydra.instance().clear()  # an earlier test's command may have left Hydra initialised
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    assert config_yaml(cfg) == OmegaConf.to_yaml(cfg, resolve=True)
+    # Strings that would read back as booleans, numbers or null are quoted; odd text survives.
+    tricky = OmegaConf.create({
+        "strings": ["yes", "No", "on", "1e3", "0x10", "1_000", ".inf", "null", "~", "", " lead", "a: b", "#hash",
+                    "multi\nline", "é ü 株", "-", "[x]", "{y}", "*star", "x " * 60, "2020-01-02", "12:30"],
+        "numbers": [0, -1, 1e-9, 1e300, float("inf"), float("nan"), True, None],
+        "nested": {"empty_list": [], "empty_dict": {}, "key with space": {"deep": "${strings.0}"}},
+    })
+    text = config_yaml(tricky)
+    assert text == OmegaConf.to_yaml(tricky, resolve=True)
+    assert OmegaConf.to_yaml(OmegaConf.create(text)) == OmegaConf.to_yaml(tricky, resolve=True)
