@@ -298,8 +298,26 @@ def execute_run(job: dict, run_dir: str, files: str = "all") -> dict:
 
 # --- executors -------------------------------------------------------------------------------------------------
 
+# Modules whose threads or state a forked child must not inherit half-way: a process that imported one of them
+# starts its workers with "spawn".
+FORK_UNSAFE_MODULES = ("torch", "ray", "tensorflow", "jax")
+
+
+def can_fork() -> bool:
+    """Whether this process may start its sweep workers by forking: on Linux, while it runs no thread besides its
+    main one (a lock held by another thread at the fork stays held forever in the child) and has not imported a
+    library that keeps threads or devices of its own (``FORK_UNSAFE_MODULES``). numpy's OpenBLAS threads are
+    safe: OpenBLAS stops them around a fork."""
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and threading.active_count() == 1 and not any(name in sys.modules for name in FORK_UNSAFE_MODULES))
+
+
 class LocalPool:
-    """A pool of ``workers`` spawned processes for one sweep (both its phases share the same workers)."""
+    """A pool of ``workers`` processes for one sweep (both its phases share the same workers). Forked when
+    ``can_fork``: the engine's modules are imported once, here, and every worker starts with them, instead of
+    each spawned worker importing them again (and re-running the command's ``__main__`` module first): about a
+    second of CPU per worker. Otherwise spawned, each importing the engine while the sweep's jobs are composed.
+    Either way a worker computes the same numbers: it imports the same modules and every run seeds itself."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -308,10 +326,13 @@ class LocalPool:
         if getattr(self, "pool", None) is not None:  # started early (start_local_pool)
             return self
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        context = multiprocessing.get_context("spawn")  # no fork after torch/duckdb threads exist
-        self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_init_worker,
-                                        initargs=(threads,))
-        # Start every worker now: their imports overlap with composing the sweep's configs.
+        self.start_method = "fork" if can_fork() else "spawn"
+        if self.start_method == "fork":
+            _import_engine()
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, initargs=(threads,),
+                                        mp_context=multiprocessing.get_context(self.start_method))
+        # Start every worker now (a forking pool forks them all at its first task, before its own threads start):
+        # spawned workers' imports overlap with composing the sweep's configs.
         for _ in range(self.workers):
             self.pool.submit(_import_engine)
         return self
@@ -341,6 +362,46 @@ def start_local_pool(workers: int | None) -> None:
     for pool in _STARTED:
         pool.__exit__()
     _STARTED[:] = [LocalPool(workers or os.cpu_count() or 1).__enter__()]
+
+
+def execute_load(job: dict) -> None:
+    """Load the data of ``job`` in this worker (``engine.run.load_data``: read, link, align, count the news; kept
+    in memory, nothing written), as its first run or signal preparation would. Never raises: a failure shows
+    again, reported, when the sweep loads the same data."""
+    from engine.run import load_data
+
+    try:
+        load_data(OmegaConf.create(job))
+    except Exception:  # noqa: BLE001 - the sweep's own phases report it
+        pass
+
+
+def warm_up_local_pool(master: DictConfig) -> None:
+    """Let each worker of the pool ``start_local_pool`` started load the data of the sweep's own config
+    (``master``: its overrides without the swept values) while this process composes and checks its jobs: the
+    jobs of a sweep that does not sweep the data config then find it loaded. Nothing is written; a sweep over
+    data keys loads its own data later, as it would without this.
+
+    >>> start_local_pool(2); warm_up_local_pool(config)
+    """
+    if not _STARTED:
+        return
+    try:
+        job = task_container(master)
+    except Exception:  # noqa: BLE001 - the sweep's check reports a config that does not resolve
+        return
+    for _ in range(_STARTED[0].workers):
+        _STARTED[0].pool.submit(execute_load, job)
+
+
+def discard_local_pool() -> None:
+    """Stop the workers ``start_local_pool`` started, at once, for a sweep that ends before it runs (a bad job):
+    they hold nothing written, and waiting for a warm-up load would only delay the error."""
+    for started in _STARTED:
+        for process in list(started.pool._processes.values()):  # noqa: SLF001 - Python 3.11 has no terminate_workers
+            process.terminate()
+        started.pool.shutdown(wait=False, cancel_futures=True)
+    _STARTED.clear()
 
 
 def _local_pool(workers: int) -> LocalPool:
@@ -575,8 +636,13 @@ def compose_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
     _, repository = config_loader._parse_overrides_and_create_caching_repo(master.hydra.job.config_name,
                                                                            hydra_overrides)
     bases: dict[tuple[str, ...], bytes] = {}
+    # Each distinct override line parsed once (Hydra's grammar: a few milliseconds a line, and every job repeats
+    # the sweep's common ones); Hydra only reads a parsed override.
+    parsed_lines: dict[str, Any] = {}
     for overrides in job_overrides:
-        parsed = parser.parse_overrides(list(overrides))
+        new = [line for line in dict.fromkeys(overrides) if line not in parsed_lines]
+        parsed_lines.update(zip(new, parser.parse_overrides(new)))
+        parsed = [parsed_lines[line] for line in overrides]
         if any(o.is_hydra_override() or o.is_sweep_override() for o in parsed):
             yield config_loader.load_sweep_config(master, list(overrides))
             continue
@@ -684,11 +750,11 @@ def _launch(hydra_context, config: DictConfig, job_overrides, initial_job_idx: i
     options = replace(options, workers=options.workers or os.cpu_count() or 1)
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    store = ResultsStore(sweep_dir)
     executor = RaySession(sweep_dir, options.workers, options.ray_address) if options.backend == "ray" \
         else _local_pool(options.workers)
     try:
-        with executor:
+        with executor:  # before the results store: a local pool may fork, and DuckDB's threads must not exist yet
+            store = ResultsStore(sweep_dir)
             return _run_sweep(hydra_context, config, job_overrides, initial_job_idx, options, sweep_dir, store,
                               executor)
     finally:
@@ -760,11 +826,7 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
         if outcome["error"] and index < len(distinct):  # a load that fails fails that config's preparation too
             print(f"  signals could not be prepared: {outcome['error'].splitlines()[0]}", flush=True)
     clock.lap("signals")
-    # 2. The runs, each stored as soon as it ends. Meanwhile this process, mostly waiting, imports the summary
-    # page's modules (matplotlib: most of a second), which it needs once the runs end, when a core is left over
-    # by the workers (else the import would slow the runs as much as it saves afterwards).
-    if options.backend == "ray" or options.workers < (os.cpu_count() or 1):
-        threading.Thread(target=importlib.import_module, args=("reports.sweep",), daemon=True).start()
+    # 2. The runs, each stored as soon as it ends.
     failed = 0
     calls = [(job["job"], job["run_dir"], options.run_files) for job in pending]
     try:

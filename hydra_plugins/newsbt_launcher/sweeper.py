@@ -16,7 +16,8 @@ class NewsbtSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         from engine.config import NEWSBT_LAUNCHER, report_and_exit
         from engine.errors import NewsbtError
-        from engine.grid import checked_jobs, keep_checked_jobs, start_local_pool
+        from engine.grid import (checked_jobs, discard_local_pool, keep_checked_jobs, start_local_pool,
+                                 warm_up_local_pool)
 
         assert self.config is not None and self.hydra_context is not None
         launcher = self.config.hydra.launcher
@@ -24,12 +25,14 @@ class NewsbtSweeper(BasicSweeper):
             workers = launcher.get("workers")
             if launcher.get("backend") == "local" and (workers is None or (isinstance(workers, int) and workers > 0)):
                 start_local_pool(workers)  # the workers start and import while the jobs are composed
+                warm_up_local_pool(self.config)  # and load the sweep's data
             parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
             parsed = parser.parse_overrides([*self._parse_config(), *arguments])
             jobs = [job for batch in self.split_arguments(parsed, self.max_batch_size) for job in batch]
             try:
                 checked = checked_jobs(self.hydra_context.config_loader, self.config, jobs)
             except NewsbtError as error:
+                discard_local_pool()
                 report_and_exit(error)
             keep_checked_jobs(self.config, jobs, checked)
         return super().sweep(arguments)
