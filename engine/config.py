@@ -283,6 +283,8 @@ class Launcher(_Section):
     screen_top_k: PositiveInt | None = None
     # The files of each run (engine.run.run's ``files``): all, or light (same metrics, no detail files).
     run_files: Literal["all", "light"] = "all"
+    # How local workers start: auto (forked where that is safe, else spawned; engine.grid.can_fork) or spawn.
+    start_method: Literal["auto", "spawn"] = "auto"
 
 
 NEWSBT_LAUNCHER = "hydra_plugins.newsbt_launcher.launcher.NewsbtLauncher"

@@ -319,14 +319,14 @@ class LocalPool:
     second of CPU per worker. Otherwise spawned, each importing the engine while the sweep's jobs are composed.
     Either way a worker computes the same numbers: it imports the same modules and every run seeds itself."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, start_method: str = "auto"):
         self.workers = workers
+        self.start_method = "fork" if start_method == "auto" and can_fork() else "spawn"
 
     def __enter__(self) -> "LocalPool":
         if getattr(self, "pool", None) is not None:  # started early (start_local_pool)
             return self
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        self.start_method = "fork" if can_fork() else "spawn"
         if self.start_method == "fork":
             _import_engine()
         self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, initargs=(threads,),
@@ -352,16 +352,16 @@ class LocalPool:
 _STARTED: list[LocalPool] = []
 
 
-def start_local_pool(workers: int | None) -> None:
+def start_local_pool(workers: int | None, start_method: str = "auto") -> None:
     """Start the worker processes of the local sweep about to launch (``workers``: hydra.launcher.workers, None
-    for one per core), so that their start and imports overlap with composing its jobs; ``_launch`` takes them.
-    A pool nobody takes is shut down when the process exits (its workers only imported modules).
+    for one per core; ``start_method``: hydra.launcher.start_method), before its jobs are composed; ``_launch``
+    takes them. A pool nobody takes is shut down when the process exits (its workers only imported modules).
 
     >>> start_local_pool(2)
     """
     for pool in _STARTED:
         pool.__exit__()
-    _STARTED[:] = [LocalPool(workers or os.cpu_count() or 1).__enter__()]
+    _STARTED[:] = [LocalPool(workers or os.cpu_count() or 1, start_method).__enter__()]
 
 
 def execute_load(job: dict) -> None:
@@ -404,14 +404,15 @@ def discard_local_pool() -> None:
     _STARTED.clear()
 
 
-def _local_pool(workers: int) -> LocalPool:
-    """The pool started early for ``workers`` workers, or a new one."""
+def _local_pool(workers: int, start_method: str) -> LocalPool:
+    """The pool started early for ``workers`` workers started so, or a new one."""
     started = _STARTED.pop() if _STARTED else None
-    if started is not None and started.workers == workers:
+    if started is not None and started.workers == workers and (start_method == "auto" or
+                                                               started.start_method == start_method):
         return started
     if started is not None:
         started.__exit__()
-    return LocalPool(workers)
+    return LocalPool(workers, start_method)
 
 
 # The shared secret of the private local Ray (token authentication): one per driver process, because Ray's token
@@ -727,6 +728,7 @@ class SweepOptions:
     heatmap: Sequence[str] | None = None
     screen_top_k: int | None = None
     run_files: str = "all"
+    start_method: str = "auto"
 
 
 def launch_sweep(hydra_context, config: DictConfig, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
@@ -751,7 +753,7 @@ def _launch(hydra_context, config: DictConfig, job_overrides, initial_job_idx: i
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     executor = RaySession(sweep_dir, options.workers, options.ray_address) if options.backend == "ray" \
-        else _local_pool(options.workers)
+        else _local_pool(options.workers, options.start_method)
     try:
         with executor:  # before the results store: a local pool may fork, and DuckDB's threads must not exist yet
             store = ResultsStore(sweep_dir)
@@ -810,7 +812,9 @@ def _run_sweep(hydra_context, config: DictConfig, job_overrides, initial_job_idx
     print(f"sweep {sweep_dir}: {len(jobs)} jobs, {len(runs)} distinct runs ({merged} duplicates merged), "
           f"{len(runs) - len(pending)} already done, {stale} stale (inputs changed: run again), "
           + (f"{lighter} with fewer files than asked (run again), " if lighter else "")
-          + f"{len(pending)} to run ({options.backend}, {options.workers} workers)", flush=True)
+          + f"{len(pending)} to run ({options.backend}, {options.workers} "
+          + {"fork": "forked ", "spawn": "spawned "}.get(getattr(executor, "start_method", None), "")
+          + "workers)", flush=True)
     clock.lap("fingerprints")
 
     cache_counts: Counter = Counter()

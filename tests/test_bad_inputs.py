@@ -289,6 +289,8 @@ def test_launcher_settings():
     validate_launcher(dict(good, metric="out_of_sample_sharpe", heatmap=["a", "b"]), ["a", "b", "c"])
     for change, message in [({"backend": "slurm"}, "hydra.launcher.backend: must be 'local' or 'ray', got 'slurm'"),
                             ({"workers": 0}, "hydra.launcher.workers: must be greater than 0, got 0"),
+                            ({"start_method": "fork"},  # forced forking is not offered: auto forks when safe
+                             "hydra.launcher.start_method: must be 'auto' or 'spawn', got 'fork'"),
                             ({"heatmap": ["a"]}, "hydra.launcher.heatmap: needs two different parameters, got ['a']"),
                             ({"heatmap": ["a", "a"]},
                              "hydra.launcher.heatmap: needs two different parameters, got ['a', 'a']")]:

@@ -55,20 +55,43 @@ def test_one_worker_two_workers_and_ray_give_identical_results(tmp_path):
     write_dataset(tmp_path)
     frames = {}
     for name, launcher in [("one", ["hydra.launcher.workers=1"]), ("two", ["hydra.launcher.workers=2"]),
+                           ("spawned", ["hydra.launcher.workers=2", "hydra.launcher.start_method=spawn"]),
                            ("ray", ["hydra.launcher.backend=ray", "hydra.launcher.workers=2"])]:
         output = sweep(tmp_path, tmp_path / name, *GRID, *launcher)
+        started = {"one": "local, 1 forked", "two": "local, 2 forked", "spawned": "local, 2 spawned", "ray": "ray, 2"}
+        assert f"({started[name]} workers)" in output.stdout
         frames[name] = results(tmp_path / name)
         assert len(frames[name]) == 4 and (frames[name]["status"] == "ok").all()
         # Signals once: scored at most once (in the preparation step, on a cold cache); every run read the cache.
         counts = {k: int(v) for k, v in re.findall(r"(lexicon\.\w+) (\d+)", output.stdout)}
         assert counts.get("lexicon.miss", 0) == (1 if name == "one" else 0)
         assert counts["lexicon.hit"] + counts.get("lexicon.miss", 0) == 5
-    for name in ("two", "ray"):
+    for name in ("two", "spawned", "ray"):
         pd.testing.assert_frame_equal(frames["one"][["run_id", *METRICS]], frames[name][["run_id", *METRICS]])
     assert not (tmp_path / "ray" / "csv" / "ray").exists()  # Ray's files stayed in, and left, the sweep folder
     page = (tmp_path / "one" / "csv" / "summary.html").read_text()
     runs_table = page.split('<table id="runs"', 1)[1].split("<tbody", 1)[1].split("</tbody>", 1)[0]
     assert len(re.findall(r"<tr[ >]", runs_table)) == 4
+
+
+def test_workers_are_forked_only_while_no_thread_or_threaded_library_is_there(monkeypatch):
+    import threading
+
+    assert grid.can_fork() == (threading.active_count() == 1 and "torch" not in sys.modules)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    if threading.active_count() == 1:
+        assert grid.can_fork()
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait)
+    thread.start()
+    try:
+        assert not grid.can_fork()  # a lock another thread holds would stay held in the child
+    finally:
+        release.set()
+        thread.join()
+    monkeypatch.setitem(sys.modules, "torch", sys)  # any module object: only its name counts
+    assert not grid.can_fork()
+    assert grid.LocalPool(2, "spawn").start_method == "spawn"
 
 
 @pytest.mark.slow

@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 class NewsbtLauncher(Launcher):
     def __init__(self, backend: str, workers: Optional[int], ray_address: Optional[str], metric: str,
                  heatmap: Optional[Sequence[str]], screen_top_k: Optional[int] = None,
-                 run_files: str = "all") -> None:
+                 run_files: str = "all", start_method: str = "auto") -> None:
         self.options = {"backend": backend, "workers": workers, "ray_address": ray_address, "metric": metric,
                         "heatmap": list(heatmap) if heatmap else None, "screen_top_k": screen_top_k,
-                        "run_files": run_files}
+                        "run_files": run_files, "start_method": start_method}
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
 

@@ -24,7 +24,8 @@ class NewsbtSweeper(BasicSweeper):
         if launcher.get("_target_") == NEWSBT_LAUNCHER:
             workers = launcher.get("workers")
             if launcher.get("backend") == "local" and (workers is None or (isinstance(workers, int) and workers > 0)):
-                start_local_pool(workers)  # the workers start and import while the jobs are composed
+                # the workers start (forked, or spawned and importing while the jobs are composed)
+                start_local_pool(workers, launcher.get("start_method", "auto"))
                 warm_up_local_pool(self.config)  # and load the sweep's data
             parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
             parsed = parser.parse_overrides([*self._parse_config(), *arguments])
