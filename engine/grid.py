@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from engine.config import task_container, validate_config
 from engine.errors import ConfigError, NewsbtError
+from engine.prefit import available_cores
 
 log = logging.getLogger("newsbt.grid")
 
@@ -326,7 +327,7 @@ class LocalPool:
     def __enter__(self) -> "LocalPool":
         if getattr(self, "pool", None) is not None:  # started early (start_local_pool)
             return self
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, available_cores() // self.workers)
         if self.start_method == "fork":
             _import_engine()
         self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, initargs=(threads,),
@@ -361,7 +362,7 @@ def start_local_pool(workers: int | None, start_method: str = "auto") -> None:
     """
     for pool in _STARTED:
         pool.__exit__()
-    _STARTED[:] = [LocalPool(workers or os.cpu_count() or 1, start_method).__enter__()]
+    _STARTED[:] = [LocalPool(workers or available_cores(), start_method).__enter__()]
 
 
 def execute_load(job: dict) -> None:
@@ -483,7 +484,7 @@ class RaySession:
         return self
 
     def map(self, function: Callable, calls: list[tuple]) -> Iterator[tuple[int, Any]]:
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, available_cores() // self.workers)
         remote = self.ray.remote(num_cpus=1)(_ray_call)
         pending = {remote.remote(function, threads, *args): number for number, args in enumerate(calls)}
         while pending:
@@ -749,7 +750,7 @@ def _launch(hydra_context, config: DictConfig, job_overrides, initial_job_idx: i
         raise ConfigError(f"hydra.launcher.backend: must be 'local' or 'ray', got {options.backend!r}")
     if options.workers is not None and (not isinstance(options.workers, int) or options.workers < 1):
         raise ConfigError(f"hydra.launcher.workers: must be a positive integer or null, got {options.workers!r}")
-    options = replace(options, workers=options.workers or os.cpu_count() or 1)
+    options = replace(options, workers=options.workers or available_cores())
     sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     executor = RaySession(sweep_dir, options.workers, options.ray_address) if options.backend == "ray" \

@@ -27,8 +27,9 @@ from engine.progress import Progress, StageClock
 MAX_WORKERS = 4
 
 
-def _available_cores() -> int:
-    """The cores this process may run on."""
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container or `taskset` may allow fewer than the
+    machine has)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -55,7 +56,7 @@ def prefit_windows(slots: Sequence, windows: Sequence, features: pd.DataFrame, n
     from engine.providers import window_entry
     from engine.walkforward import window_rows
 
-    workers = min(_available_cores(), MAX_WORKERS) if workers is None else int(workers)
+    workers = min(available_cores(), MAX_WORKERS) if workers is None else int(workers)
     if cache is None or news is None or workers < 2 or multiprocessing.parent_process() is not None:
         return 0
     # A news reader reads the news and the window's sessions only (frame's index, whatever columns were joined).

@@ -577,3 +577,15 @@ def test_config_yaml_is_omegaconfs_text(overrides):
     text = config_yaml(tricky)
     assert text == OmegaConf.to_yaml(tricky, resolve=True)
     assert OmegaConf.to_yaml(OmegaConf.create(text)) == OmegaConf.to_yaml(tricky, resolve=True)
+
+
+def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
+    from engine.prefit import available_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)  # as `taskset -c 1` would allow
+    assert available_cores() == 1
+    grid.start_local_pool(None)
+    try:
+        assert grid._STARTED[0].workers == 1
+    finally:
+        grid.discard_local_pool()
