@@ -544,6 +544,33 @@ def main(cfg: DictConfig) -> None:
             print(f"newsbt: warning: runs index not written: {error}", file=sys.stderr)
 
 
+class _OutputToAClosedPipe:
+    """``sys.stdout`` or ``sys.stderr`` of the command: once its reader has gone (``python -m engine.run ... |
+    head``), the stream's descriptor is pointed at /dev/null and the work goes on, its results written as usual,
+    instead of a BrokenPipeError traceback at the next progress line and a sweep stopped half-way."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _quietly(self, action, *args):
+        try:
+            return action(*args)
+        except BrokenPipeError:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+            return action(*args)  # the same output, to /dev/null now
+
+    def write(self, text: str) -> int:
+        return self._quietly(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._quietly(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def cli(argv: list[str] | None = None) -> None:
     """``python -m engine.run [-m] key=value ...``: the whole config (every job of a sweep) is validated before
     Hydra creates any folder; a mistake prints one line ``newsbt: error: <key>: <what is wrong>``, exit status 2.
@@ -587,5 +614,6 @@ def exit_without_teardown() -> None:
 
 
 if __name__ == "__main__":
+    sys.stdout, sys.stderr = _OutputToAClosedPipe(sys.stdout), _OutputToAClosedPipe(sys.stderr)
     cli()
     exit_without_teardown()

@@ -589,3 +589,19 @@ def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
         assert grid._STARTED[0].workers == 1
     finally:
         grid.discard_local_pool()
+
+
+def test_a_sweep_piped_into_a_reader_that_stops_finishes_quietly(tmp_path):
+    # `python -m engine.run -m ... | head -1`: the reader goes after the first line; the sweep still runs every
+    # job and writes its results, with no BrokenPipeError traceback.
+    write_dataset(tmp_path)
+    command = sweep_command(tmp_path, tmp_path / "sweeps", *GRID)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    first = process.stdout.readline()
+    process.stdout.close()  # the reader is gone
+    _, errors = process.communicate(timeout=600)
+    assert first.startswith(b"sweep ") and process.returncode == 0, errors.decode()[-2000:]
+    assert b"Traceback" not in errors and b"BrokenPipe" not in errors
+    stored = results(tmp_path / "sweeps")
+    assert len(stored) == 4 and (stored["status"] == "ok").all()
