@@ -10,10 +10,12 @@ held before the run, so that ``discard_run_folder`` removes only what the failed
 from __future__ import annotations
 
 import codecs
+import contextlib
 import difflib
 import importlib
 import inspect
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -21,7 +23,7 @@ import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Sequence
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -666,6 +668,40 @@ def _sweep_jobs(hydra_app: Any, master: Any, overrides: list[str]) -> list[list[
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
+@contextlib.contextmanager
+def compositions_remembered() -> Iterator[None]:
+    """Within one command, Hydra composes the same config (name, overrides, mode) up to three times: the preflight
+    here, Hydra's ``get_mode`` and its run or sweep, a fifth of a second each. While this is open each composition
+    is made once, by Hydra, and handed out again as a copy (unpickled: Hydra edits what it gets). The key holds
+    the search path, the config name, the overrides, the mode and ``from_shell``; a composition made without
+    checking the sweep overrides is never handed to a caller that asks for the check. Only for one command: a
+    YAML file edited before the next command in the same process is read again.
+
+    >>> with compositions_remembered(): preflight(argv); main()
+    """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    original = ConfigLoaderImpl.load_configuration
+    made: dict[tuple, tuple[bytes, bool]] = {}
+
+    def load_configuration(self, config_name, overrides, run_mode, from_shell=True, validate_sweep_overrides=True):
+        search = tuple((path.provider, path.path) for path in self.config_search_path.get_path())
+        key = (search, config_name, tuple(overrides), run_mode, from_shell)
+        known = made.get(key)
+        if known is not None and (known[1] or not validate_sweep_overrides):
+            return pickle.loads(known[0])
+        cfg = original(self, config_name=config_name, overrides=overrides, run_mode=run_mode, from_shell=from_shell,
+                       validate_sweep_overrides=validate_sweep_overrides)
+        made[key] = (pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL), validate_sweep_overrides)
+        return cfg
+
+    ConfigLoaderImpl.load_configuration = load_configuration
+    try:
+        yield
+    finally:
+        ConfigLoaderImpl.load_configuration = original
+
+
 def preflight(argv: Sequence[str]) -> None:
     """Compose the config of ``python -m engine.run *argv`` as Hydra will and validate it (every job of a ``-m``
     sweep, and the sweep launcher's settings) before Hydra creates any folder; raise a ConfigError naming the
@@ -694,9 +730,18 @@ def preflight(argv: Sequence[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         hydra_app = Hydra.create_main_hydra2(task_name=RUN_MODULE_FILE.stem, config_search_path=search_path)
-        mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+        # The compositions Hydra makes next, made here first (compositions_remembered hands them to Hydra): its
+        # get_mode's, whose hydra.mode is the config's own (None unless a config sets it), then the run's or
+        # sweep's, with the mode override Hydra adds (hydra._internal.utils._run_app).
+        configured = hydra_app.compose_config(config_name, overrides, run_mode=RunMode.MULTIRUN,
+                                              with_log_configuration=False, validate_sweep_overrides=False).hydra.mode
+        if configured is None or (args.multirun and configured == RunMode.RUN):
+            mode = RunMode.MULTIRUN if args.multirun else RunMode.RUN
+            overrides = [*overrides, f"hydra.mode={mode.name}"]
+        else:
+            mode = configured
         master = hydra_app.compose_config(config_name, overrides, run_mode=mode, with_log_configuration=False)
-        if mode == RunMode.RUN and master.hydra.mode != RunMode.MULTIRUN:
+        if mode == RunMode.RUN:
             validate_config(master)
             return
         # the task overrides (hydra.* ones left out), which Hydra hands its sweeper

@@ -37,7 +37,14 @@ from omegaconf._utils import OmegaConfDumper
 from engine._csv import write_csv
 from engine.align import align_news, news_accounting, news_drop_report
 from engine.cache import CACHE_STATS, SignalCache, fingerprint, memory_key, project_path
-from engine.config import discard_run_folder, preflight, report_and_exit, strategy_parameters, validate_config
+from engine.config import (
+    compositions_remembered,
+    discard_run_folder,
+    preflight,
+    report_and_exit,
+    strategy_parameters,
+    validate_config,
+)
 from engine.datasets import load_dataset
 from engine.errors import NewsbtError
 from engine.features import assemble_features, join_signals
@@ -579,11 +586,12 @@ def cli(argv: list[str] | None = None) -> None:
     """
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    try:
-        preflight(sys.argv[1:])
-    except NewsbtError as error:
-        report_and_exit(error)
-    main()
+    with compositions_remembered():  # the preflight's composition is Hydra's too
+        try:
+            preflight(sys.argv[1:])
+        except NewsbtError as error:
+            report_and_exit(error)
+        main()
 
 
 def leave_process() -> None:

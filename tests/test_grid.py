@@ -605,3 +605,33 @@ def test_a_sweep_piped_into_a_reader_that_stops_finishes_quietly(tmp_path):
     assert b"Traceback" not in errors and b"BrokenPipe" not in errors
     stored = results(tmp_path / "sweeps")
     assert len(stored) == 4 and (stored["status"] == "ok").all()
+
+
+def test_a_command_composes_each_config_once_and_hands_out_copies(hydra_app, monkeypatch):
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.types import RunMode
+
+    from engine.config import compositions_remembered
+
+    made = []
+    real = ConfigLoaderImpl.load_configuration
+    monkeypatch.setattr(ConfigLoaderImpl, "load_configuration",
+                        lambda self, *a, **k: made.append(k.get("run_mode")) or real(self, *a, **k))
+    overrides = ["strategy=cluster", "broker.cash=5000"]
+    with compositions_remembered():
+        first = hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN)
+        first.broker.cash = 1.0  # Hydra edits what it gets: the next caller must not see it
+        again = hydra_app.compose_config("config", list(overrides), run_mode=RunMode.RUN)
+        assert again.broker.cash == 5000 and again.strategy.name == "cluster" and len(made) == 1
+        hydra_app.compose_config("config", overrides, run_mode=RunMode.MULTIRUN)  # another mode: composed
+        hydra_app.compose_config("config", [*overrides, "risk.stop_loss=0.1"], run_mode=RunMode.RUN)  # others
+        assert len(made) == 3
+        # made without checking sweep overrides: not handed to a caller asking for the check, the other way it is
+        hydra_app.compose_config("config", ["strategy=regression"], run_mode=RunMode.MULTIRUN,
+                                 validate_sweep_overrides=False)
+        hydra_app.compose_config("config", ["strategy=regression"], run_mode=RunMode.MULTIRUN)
+        hydra_app.compose_config("config", ["strategy=regression"], run_mode=RunMode.MULTIRUN,
+                                 validate_sweep_overrides=False)
+        assert len(made) == 5
+    hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN)  # after the command: read again
+    assert len(made) == 6
