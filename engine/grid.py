@@ -348,15 +348,16 @@ class LocalPool:
         self.pool = None
 
 
-# The local pool the newsbt sweeper started before composing the sweep's jobs (their imports overlap with it),
-# for the launcher of the same sweep in this process.
+# The local pool the newsbt sweeper started before composing the sweep's jobs (its workers import and load data
+# meanwhile), for the launcher of the same sweep in this process.
 _STARTED: list[LocalPool] = []
 
 
 def start_local_pool(workers: int | None, start_method: str = "auto") -> None:
     """Start the worker processes of the local sweep about to launch (``workers``: hydra.launcher.workers, None
     for one per core; ``start_method``: hydra.launcher.start_method), before its jobs are composed; ``_launch``
-    takes them. A pool nobody takes is shut down when the process exits (its workers only imported modules).
+    takes them. A pool nobody takes is shut down when the process exits (its workers only imported modules and
+    loaded data), or at once by ``discard_local_pool``.
 
     >>> start_local_pool(2)
     """
