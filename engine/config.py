@@ -371,10 +371,19 @@ def task_container(cfg: Any) -> dict:
     >>> job = task_container(sweep_config)  # {"data": {...}, "strategy": {...}, ...}
     """
     from omegaconf import OmegaConf
+    from omegaconf.basecontainer import BaseContainer
     from omegaconf.errors import OmegaConfBaseException
 
-    container = OmegaConf.to_container(cfg, resolve=False)
-    container.pop("hydra", None)
+    if isinstance(cfg, BaseContainer):  # each section but hydra's (most of a composed config, never read by a run)
+        container = {}
+        for key in cfg.keys():
+            if key != "hydra":
+                node = cfg._get_node(key)
+                container[key] = (OmegaConf.to_container(node, resolve=False) if isinstance(node, BaseContainer)
+                                  else node._value())
+    else:
+        container = OmegaConf.to_container(cfg, resolve=False)
+        container.pop("hydra", None)
     if not _interpolates(container):  # nothing to resolve: already what resolving would give
         return container
     try:

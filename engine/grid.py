@@ -640,8 +640,10 @@ def compose_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
                                                                            hydra_overrides)
     bases: dict[tuple[str, ...], bytes] = {}
     # Each distinct override line parsed once (Hydra's grammar: a few milliseconds a line, and every job repeats
-    # the sweep's common ones); Hydra only reads a parsed override.
+    # the sweep's common ones), and whether it sets a value (not a config group) asked once; Hydra only reads a
+    # parsed override.
     parsed_lines: dict[str, Any] = {}
+    sets_value: dict[str, bool] = {}
     for overrides in job_overrides:
         new = [line for line in dict.fromkeys(overrides) if line not in parsed_lines]
         parsed_lines.update(zip(new, parser.parse_overrides(new)))
@@ -649,7 +651,10 @@ def compose_jobs(config_loader, master: DictConfig, job_overrides: Sequence[Sequ
         if any(o.is_hydra_override() or o.is_sweep_override() for o in parsed):
             yield config_loader.load_sweep_config(master, list(overrides))
             continue
-        is_value = [isinstance(o.value(), dict) or not repository.group_exists(o.key_or_group) for o in parsed]
+        for o in parsed:
+            if o.input_line not in sets_value:
+                sets_value[o.input_line] = isinstance(o.value(), dict) or not repository.group_exists(o.key_or_group)
+        is_value = [sets_value[o.input_line] for o in parsed]
         values = [o for o, value in zip(parsed, is_value) if value]
         groups = tuple(o.input_line for o, value in zip(parsed, is_value) if not value)
         if groups not in bases:  # kept pickled: unpickling copies a DictConfig in a fifth of deepcopy's time
