@@ -2,9 +2,15 @@
 unlabelled news texts in the data folder (djia headlines, English stocknet tweets, retweets left out), with every
 Financial PhraseBank sentence removed, before ``signals.finetune`` fine-tunes it (``--recipe dapt``).
 
+Two phases: the MLM head's transform starts fresh (all-MiniLM-L6-v2 ships without one), so ``head_steps`` first
+train the head alone on the frozen encoder (no backward through it: about half a full step's CPU time), then
+``steps`` train encoder and head together. A fixed held-out set of corpus texts with fixed masks measures the
+masked-LM loss after each block of steps: its fall in the second phase is the encoder's adaptation, the head
+having settled before.
+
 The adapted encoder is cached under ``<cache>/dapt/<key>``, the key a hash of everything that changes it (the
-corpus texts, the base weights, the settings: steps, batch, LR, mask rate, seed, precision, threads), so it is
-built once. Unsupervised, but not point-in-time: the encoder reads headlines and tweets from the whole period a
+corpus texts, the base weights, every ``PretrainSettings`` field, the loop's version and the library versions), so
+it is built once. Unsupervised, but not point-in-time: the encoder reads headlines and tweets from the whole period a
 backtest later decides over (no labels, no prices), which is one reason it is not the default.
 
     python -m signals.finetune --recipe dapt      # builds (or reuses) the adapted encoder, then fine-tunes
@@ -29,21 +35,26 @@ import transformers
 from engine.cache import PROJECT_ROOT, file_sha256, fingerprint, write_folder_atomic
 from engine.errors import ConfigError, DataError
 
-PRETRAIN_VERSION = "dapt-v1"  # bump when the training loop changes what it produces
+PRETRAIN_VERSION = "dapt-v2"  # bump when the training loop changes what it produces
 _CORPORA = ("djia", "stocknet")
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """Masked-LM continued pretraining. ``lr`` is the encoder's (the MLM head's transform, initialised fresh,
-    gets ``head_lr``); linear warmup, then linear decay to 0 over ``steps`` batches of ``batch_size`` texts,
-    ``mask_probability`` of the tokens chosen (BERT's 80% [MASK] / 10% random / 10% kept)."""
+    """Masked-LM continued pretraining: ``head_steps`` batches training only the MLM head (the encoder, word
+    embeddings included, frozen), then ``steps`` batches training everything, each of ``batch_size`` texts with
+    ``mask_probability`` of the tokens chosen (BERT's 80% [MASK] / 10% random / 10% kept). ``lr`` is the
+    encoder's; the MLM head's transform (initialised fresh) and output bias get ``head_lr`` in both phases. Each
+    phase: linear warmup over ``warmup_fraction`` of its steps, then linear decay to 0. ``eval_texts`` corpus
+    texts, held out of training, measure the masked-LM loss (fixed masks) after each block of steps."""
 
     steps: int
+    head_steps: int = 0
+    eval_texts: int = 512
     batch_size: int = 64
     max_length: int = 64
     lr: float = 1e-4
-    head_lr: float = 5e-4
+    head_lr: float = 3e-3
     warmup_fraction: float = 0.06
     weight_decay: float = 0.01
     mask_probability: float = 0.15
@@ -166,6 +177,9 @@ def ensure_adapted_encoder(base: str | None, settings: PretrainSettings,
     """
     if settings.steps < 1:
         raise ConfigError(f"pretrain_steps: must be a positive integer, got {settings.steps}")
+    for name in ("head_steps", "eval_texts"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"pretrain {name}: must be 0 or a positive integer, got {getattr(settings, name)}")
     texts, counts = read_corpus(data_roots)
     texts, excluded = exclude_sentences(texts, exclude)
     check_held_out(texts, held_out)
@@ -175,8 +189,9 @@ def ensure_adapted_encoder(base: str | None, settings: PretrainSettings,
     if card_path.is_file() and (folder / "model.safetensors").is_file():
         log(f"adapted encoder: reusing {folder}")
         return str(folder), json.loads(card_path.read_text()) | {"cached": True}
-    log(f"adapted encoder: {settings.steps} masked-LM steps of {settings.batch_size} texts on {len(texts):,} "
-        f"news texts ({excluded} PhraseBank overlaps left out) -> {folder}")
+    log(f"adapted encoder: {settings.head_steps} head-only and {settings.steps} full masked-LM steps of "
+        f"{settings.batch_size} texts on {len(texts):,} news texts ({settings.eval_texts} held out; {excluded} "
+        f"PhraseBank overlaps left out) -> {folder}")
     started, cpu_started = time.perf_counter(), time.process_time()
     mlm, tokenizer, history = pretrain(base, texts, settings, log)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
@@ -238,11 +253,12 @@ def mask_tokens(ids: torch.Tensor, special: torch.Tensor, tokenizer: Any, probab
 
 def pretrain(base: str | None, texts: Sequence[str], settings: PretrainSettings,
              log=print) -> tuple[transformers.BertForMaskedLM, Any, list[dict[str, float]]]:
-    """(masked LM after ``settings.steps`` steps on ``texts``, tokenizer, loss per block of steps). Seeded;
-    texts drawn in a seeded order (once each before any repeats), length-sorted within chunks of 8 batches so
-    padding stays small; the decoder runs only on the chosen positions.
+    """(masked LM after ``settings.head_steps`` head-only and ``settings.steps`` full steps on ``texts``,
+    tokenizer, loss per block of steps: phase, step, training loss, held-out loss, seconds). Seeded; the
+    ``eval_texts`` held-out texts drawn first, the others in a seeded order (once each before any repeats),
+    length-sorted within chunks of 8 batches so padding stays small; the decoder runs only on the chosen positions.
 
-    >>> mlm, tokenizer, history = pretrain(None, texts, PretrainSettings(steps=300))
+    >>> mlm, tokenizer, history = pretrain(None, texts, PretrainSettings(steps=1000, head_steps=300))
     """
     if settings.precision not in ("fp32", "bf16"):
         raise ConfigError(f"precision: {settings.precision!r} is not one of fp32, bf16")
@@ -255,12 +271,20 @@ def pretrain(base: str | None, texts: Sequence[str], settings: PretrainSettings,
 
 
 def _pretrain(base, texts, settings, log):
+    from signals.finetune import pad_rows
+
     torch.manual_seed(settings.seed)
     mlm, tokenizer = masked_lm(base)
     rng = np.random.default_rng(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    needed = settings.steps * settings.batch_size
-    order = np.concatenate([rng.permutation(len(texts)) for _ in range(math.ceil(needed / max(1, len(texts))))])
+    # Held-out texts first (a seeded draw, never trained on), then the training order over the rest.
+    held = rng.permutation(len(texts))[: settings.eval_texts] if settings.eval_texts else np.array([], dtype=int)
+    pool = np.setdiff1d(np.arange(len(texts)), held) if len(held) else np.arange(len(texts))
+    if len(pool) == 0:
+        raise DataError(f"pretraining corpus: no text left to train on ({len(texts)} texts, {len(held)} held out)")
+    total_steps = settings.head_steps + settings.steps
+    needed = total_steps * settings.batch_size
+    order = np.concatenate([pool[rng.permutation(len(pool))] for _ in range(math.ceil(needed / len(pool)))])
     order = order[:needed]
     ids = tokenizer([texts[i] for i in order], truncation=True, max_length=settings.max_length,
                     return_attention_mask=False, return_token_type_ids=False)["input_ids"]
@@ -272,49 +296,112 @@ def _pretrain(base, texts, settings, log):
         block = block[np.argsort(lengths[block], kind="stable")]
         group = [block[i:i + settings.batch_size] for i in range(0, len(block), settings.batch_size)]
         batches.extend(group[i] for i in rng.permutation(len(group)))
-    head = [p for n, p in mlm.named_parameters() if n.startswith("cls.")]
-    head_ids = {id(p) for p in head}
-    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
-    for name, parameter in mlm.named_parameters():  # the tied decoder weight is listed once, as the embeddings
-        lr = settings.head_lr if id(parameter) in head_ids else settings.lr
-        groups.setdefault((lr, 0.0 if parameter.ndim == 1 else settings.weight_decay), []).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()])
-    warmup = max(1, round(settings.warmup_fraction * settings.steps))
-    total = settings.steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup))))
     pad_id = tokenizer.pad_token_id or 0
     special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    use_bf16 = settings.precision == "bf16"
-    mlm.train()
-    history, running, started = [], 0.0, time.perf_counter()
-    block_steps = max(1, min(50, settings.steps // 6 or 1))
-    for step, rows in enumerate(batches, start=1):
-        width = int(lengths[rows].max())
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for slot, row in enumerate(rows):
-            input_ids[slot, : lengths[row]] = torch.tensor(ids[row])
-            mask[slot, : lengths[row]] = 1
+    evaluation = _held_out_batches([texts[i] for i in held], tokenizer, settings, pad_id, special_ids)
+
+    def tensors(rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        input_ids, mask = pad_rows([ids[row] for row in rows], pad_id)
         special = torch.isin(input_ids, special_ids) | (mask == 0)
         inputs, labels = mask_tokens(input_ids, special, tokenizer, settings.mask_probability, generator)
-        chosen = labels != -100
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            hidden = mlm.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
-            logits = mlm.cls(hidden[chosen]).float()
-        loss = torch.nn.functional.cross_entropy(logits, labels[chosen])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(mlm.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running += loss.item()
-        if step % block_steps == 0 or step == settings.steps:
-            steps_in_block = step - (history[-1]["step"] if history else 0)
-            history.append({"step": step, "mlm_loss": round(running / steps_in_block, 4),
-                            "seconds": round(time.perf_counter() - started, 1)})
-            log(f"masked-LM step {step}/{settings.steps}: loss {history[-1]['mlm_loss']:.4f} "
-                f"({history[-1]['seconds']:.0f} s)")
-            running = 0.0
+        return inputs, mask, labels, labels != -100
+
+    history: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    head = [p for n, p in mlm.named_parameters() if n.startswith("cls.")]
+    head_ids = {id(p) for p in head}
+    encoder = [p for p in mlm.parameters() if id(p) not in head_ids]  # the tied decoder weight: the embeddings
+    use_bf16 = settings.precision == "bf16"
+    mlm.train()
+    phases = [("head", settings.head_steps), ("full", settings.steps)]
+    done = 0
+    for phase, steps in phases:
+        if steps == 0:
+            continue
+        head_only = phase == "head"
+        for parameter in encoder:
+            parameter.requires_grad_(not head_only)
+        trained = head if head_only else list(mlm.parameters())
+        optimizer = torch.optim.AdamW(_groups(trained, head_ids, settings))
+        warmup = max(1, round(settings.warmup_fraction * steps))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step, warmup=warmup, steps=steps:
+            min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
+        block_steps = max(1, min(50, steps // 6 or 1))
+        running, block_started = 0.0, 0
+        for step, rows in enumerate(batches[done:done + steps], start=1):
+            inputs, mask, labels, chosen = tensors(rows)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                # The frozen encoder runs without autograd in the head phase: no graph, no backward through it.
+                with torch.set_grad_enabled(not head_only):
+                    hidden = mlm.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
+                logits = mlm.cls(hidden[chosen]).float()
+            loss = torch.nn.functional.cross_entropy(logits, labels[chosen])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)
+            optimizer.step()
+            schedule.step()
+            running += loss.item()
+            if step % block_steps == 0 or step == steps:
+                record = {"phase": phase, "step": done + step, "mlm_loss": round(running / (step - block_started), 4)}
+                if evaluation:
+                    record["held_out_mlm_loss"] = round(_held_out_loss(mlm, evaluation, use_bf16), 4)
+                record["seconds"] = round(time.perf_counter() - started, 1)
+                history.append(record)
+                held_text = (f", held-out {record['held_out_mlm_loss']:.4f}" if evaluation else "")
+                log(f"masked-LM {phase} step {done + step}/{total_steps}: loss {record['mlm_loss']:.4f}"
+                    f"{held_text} ({record['seconds']:.0f} s)")
+                running, block_started = 0.0, step
+        done += steps
+    for parameter in encoder:
+        parameter.requires_grad_(True)
     mlm.eval()
     return mlm, tokenizer, history
+
+
+def _groups(parameters: list[torch.nn.Parameter], head_ids: set[int],
+            settings: PretrainSettings) -> list[dict[str, Any]]:
+    """AdamW groups: ``head_lr`` for the MLM head, ``lr`` for the encoder, no weight decay on 1-d tensors."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for parameter in parameters:
+        lr = settings.head_lr if id(parameter) in head_ids else settings.lr
+        groups.setdefault((lr, 0.0 if parameter.ndim == 1 else settings.weight_decay), []).append(parameter)
+    return [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()]
+
+
+def _held_out_batches(texts: list[str], tokenizer: Any, settings: PretrainSettings, pad_id: int,
+                      special_ids: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The held-out texts as batches masked once, by their own generator (seed + 1), so every measurement of
+    the loss scores the same masked tokens and the training draws are unchanged by it."""
+    from signals.finetune import pad_rows
+
+    if not texts:
+        return []
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    ids = tokenizer(texts, truncation=True, max_length=settings.max_length,
+                    return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    order = np.argsort([len(row) for row in ids], kind="stable")
+    batches = []
+    for start in range(0, len(order), settings.batch_size):
+        input_ids, mask = pad_rows([ids[i] for i in order[start:start + settings.batch_size]], pad_id)
+        special = torch.isin(input_ids, special_ids) | (mask == 0)
+        inputs, labels = mask_tokens(input_ids, special, tokenizer, settings.mask_probability, generator)
+        batches.append((inputs, mask, labels))
+    return batches
+
+
+def _held_out_loss(mlm: transformers.BertForMaskedLM, batches: list[tuple[torch.Tensor, ...]],
+                   use_bf16: bool) -> float:
+    """Mean masked-LM cross-entropy per masked token over the held-out ``batches`` (eval mode: no dropout)."""
+    mlm.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        for inputs, mask, labels in batches:
+            chosen = labels != -100
+            hidden = mlm.bert(input_ids=inputs, attention_mask=mask).last_hidden_state
+            logits = mlm.cls(hidden[chosen]).float()
+            total += float(torch.nn.functional.cross_entropy(logits, labels[chosen], reduction="sum"))
+            count += int(chosen.sum())
+    mlm.train()
+    return total / max(1, count)

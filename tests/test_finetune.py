@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
+import transformers
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from engine.errors import DataError
@@ -149,6 +150,110 @@ def test_adapted_encoder_cache_key_follows_each_input(tmp_path):
     assert len(set(changed) | {key}) == len(changed) + 1
 
 
+def _changed(name: str, value):
+    """Another value of a PretrainSettings field, by its type; a field of a new kind fails the test loudly."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 if value else 0.5
+    if name == "precision":
+        return "bf16" if value == "fp32" else "fp32"
+    raise AssertionError(f"PretrainSettings.{name}: no other value known for {value!r}; add one to _changed")
+
+
+def test_every_pretrain_setting_is_in_the_cache_key_and_the_model_identity(tmp_path, monkeypatch):
+    # Each field of PretrainSettings, changed alone, must give another cached encoder (key) and, through the
+    # recipe's settings, another fine-tuned model (identity, folder): a setting left out of either would reuse a
+    # stale encoder or model. Threads are in the key (they change the bits) but, as for fine-tuning, not in the
+    # model's identity.
+    base = _tiny_base(tmp_path / "base")
+    settings = pretrain.PretrainSettings(steps=10)
+    key = pretrain.encoder_key(SENTENCES, str(base), settings)
+    recipe = finetune.RECIPES["dapt"]
+    identity = finetune.model_identity(None, "dapt", recipe)
+    folder = finetune.model_folder(Path("m/sentiment-minilm"), identity)
+    keys, folders = {key}, {folder}
+    fields = dataclasses.fields(pretrain.PretrainSettings)
+    assert {"steps", "head_steps", "eval_texts", "lr", "head_lr"} <= {field.name for field in fields}
+    real_settings = finetune.pretrain_settings
+    for field in fields:
+        value = _changed(field.name, getattr(settings, field.name))
+        keys.add(pretrain.encoder_key(SENTENCES, str(base), dataclasses.replace(settings, **{field.name: value})))
+        if field.name == "threads":
+            continue
+        monkeypatch.setattr(finetune, "pretrain_settings",
+                            lambda recipe, precision="fp32", threads=2, name=field.name, value=value:
+                            dataclasses.replace(real_settings(recipe, precision, threads), **{name: value}))
+        changed = finetune.model_identity(None, "dapt", recipe)
+        assert changed != identity, field.name
+        folders.add(finetune.model_folder(Path("m/sentiment-minilm"), changed))
+        monkeypatch.setattr(finetune, "pretrain_settings", real_settings)
+    assert len(keys) == len(fields) + 1
+    assert len(folders) == len(fields)  # all but threads
+    # The recipe's pretraining fields reach the settings, hence the key and the identity.
+    longer = dataclasses.replace(recipe, pretrain_head_steps=recipe.pretrain_head_steps + 1)
+    assert finetune.pretrain_settings(longer).head_steps == recipe.pretrain_head_steps + 1
+    assert finetune.model_identity(None, "dapt", longer)["pretraining"]["head_steps"] == recipe.pretrain_head_steps + 1
+    assert "pretraining" not in finetune.model_identity()  # the default model's identity is unchanged
+
+
+def test_a_model_card_with_other_pretraining_settings_is_refused(tmp_path):
+    identity = finetune.model_identity(None, "dapt")
+    stale = identity | {"pretraining": identity["pretraining"] | {"head_lr": 5e-4}}
+    (tmp_path / "model_card.json").write_text(json.dumps({"identity": stale}))
+    with pytest.raises(finetune.ConfigError, match=r"^signals\.sentiment\.training\.recipe: .* pretraining"):
+        finetune.check_model(tmp_path, identity)
+    (tmp_path / "model_card.json").write_text(json.dumps({"identity": identity}))
+    finetune.check_model(tmp_path, identity)
+
+
+def test_head_only_phase_leaves_the_encoder_bit_identical(tmp_path):
+    base = _tiny_base(tmp_path / "base")
+    corpus = SENTENCES * 4
+    settings = pretrain.PretrainSettings(steps=0, head_steps=4, eval_texts=0, batch_size=4, threads=1)
+    mlm, _, history = pretrain.pretrain(str(base), corpus, settings, log=lambda line: None)
+    torch.manual_seed(settings.seed)  # as pretrain does before building the masked LM: the same fresh head
+    untouched, _ = pretrain.masked_lm(str(base))
+    for (name, before), after in zip(untouched.bert.named_parameters(), mlm.bert.parameters()):
+        assert torch.equal(before, after), name
+        assert after.grad is None, name  # no backward through the encoder, not only no update
+    head_before = dict(untouched.cls.named_parameters())
+    for name, after in mlm.cls.named_parameters():
+        if name != "predictions.decoder.weight":  # the word embeddings, tied
+            assert not torch.equal(head_before[name], after), name
+    assert [(row["phase"], row["step"]) for row in history] == [("head", 1), ("head", 2), ("head", 3), ("head", 4)]
+    # Then the full phase trains the encoder too, and every parameter is trainable again afterwards.
+    full = dataclasses.replace(settings, steps=2)
+    mlm, _, history = pretrain.pretrain(str(base), corpus, full, log=lambda line: None)
+    assert [row["phase"] for row in history][-1] == "full" and history[-1]["step"] == 6
+    assert not torch.equal(mlm.bert.encoder.layer[0].attention.self.query.weight,
+                           untouched.bert.encoder.layer[0].attention.self.query.weight)
+    assert all(parameter.requires_grad for parameter in mlm.parameters())
+
+
+def test_held_out_texts_are_never_trained_on_and_scored_with_fixed_masks(tmp_path, monkeypatch):
+    base = _tiny_base(tmp_path / "base")
+    corpus = [f"{sentence} {i}" for i, sentence in enumerate(SENTENCES)]
+    settings = pretrain.PretrainSettings(steps=3, head_steps=0, eval_texts=2, batch_size=2, threads=1)
+    tokenized: list[list[str]] = []
+    real_tokenizer = transformers.BertTokenizer.__call__
+
+    def spy(self, texts, *args, **kwargs):
+        tokenized.append(list(texts))
+        return real_tokenizer(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.BertTokenizer, "__call__", spy)
+    _, _, history = pretrain.pretrain(str(base), corpus, settings, log=lambda line: None)
+    trained, held = tokenized[0], tokenized[1]
+    assert len(held) == 2 and len(trained) == 6 and not set(held) & set(trained)
+    assert set(trained) == set(corpus) - set(held)  # 4 texts, then the first 2 again in a fresh order
+    assert all("held_out_mlm_loss" in row for row in history)
+    with pytest.raises(DataError, match="no text left to train on"):
+        pretrain.pretrain(str(base), corpus, dataclasses.replace(settings, eval_texts=6), log=lambda line: None)
+
+
 def test_masked_lm_ties_its_decoder_to_the_word_embeddings(tmp_path):
     mlm, tokenizer = pretrain.masked_lm(str(_tiny_base(tmp_path / "base")))
     encoder = BertModel.from_pretrained(tmp_path / "base")
@@ -161,7 +266,7 @@ def test_adapted_encoder_is_built_once_and_then_reused(tmp_path, monkeypatch):
     base = _tiny_base(tmp_path / "base")
     corpus = SENTENCES[3:] + ["Oil prices fall as OPEC meets", "Shares rose after the results"]
     monkeypatch.setattr(pretrain, "read_corpus", lambda roots: (list(corpus), {"djia_items": len(corpus)}))
-    settings = pretrain.PretrainSettings(steps=3, batch_size=4, threads=1)
+    settings = pretrain.PretrainSettings(steps=3, head_steps=1, eval_texts=1, batch_size=4, threads=1)
     options = dict(data_roots=None, cache_root=tmp_path / "cache", exclude=SENTENCES[:3], held_out=SENTENCES[:1],
                    log=lambda line: None)
     folder, card = pretrain.ensure_adapted_encoder(str(base), settings, **options)
@@ -386,7 +491,8 @@ def test_identities_of_models_trained_before_the_new_fields_are_unchanged():
                        "weight_decay": 0.01, "label_smoothing": 0.0, "rdrop": 0.0, "batch_size": 32,
                        "max_length": 64, "seed": 0, "pretrain_steps": 0, "lora_rank": 0}
     assert finetune.model_identity()["hyperparameters"] == earlier_default
-    assert finetune.model_identity(None, "dapt")["hyperparameters"] == earlier_default | {"pretrain_steps": 160}
+    assert finetune.model_identity(None, "dapt")["hyperparameters"] == earlier_default | {"pretrain_steps": 800,
+                                                                                         "pretrain_head_steps": 150}
     lora = finetune.model_identity(None, "default", finetune.with_method(finetune.RECIPES["default"], "lora"))
     assert lora["hyperparameters"] == earlier_default | {"lora_rank": 16, "lr": 1e-3, "layer_decay": 1.0}
     assert finetune.model_folder(Path("m/sentiment-minilm"), lora).name == "sentiment-minilm-lora-06c2dfc3"
