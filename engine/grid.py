@@ -230,6 +230,13 @@ def _init_worker(threads: int) -> None:
     # without tearing down what it holds, which the sweep's command would wait for.
     atexit.register(leave_process)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # A forked worker inherits the command's logging as Hydra set it up (INFO to stdout); a spawned one starts
+    # bare. Bare for both: the sweep prints the same lines however its workers started (warnings still reach stderr).
+    for logger in [logging.root, *logging.root.manager.loggerDict.values()]:
+        if isinstance(logger, logging.Logger):
+            for handler in [h for h in logger.handlers if not isinstance(h, logging.NullHandler)]:
+                logger.removeHandler(handler)
+    logging.root.setLevel(logging.WARNING)
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     logging.getLogger("gensim").setLevel(logging.WARNING)
     keep_in_memory(WORKER_KEPT_FRAMES_BYTES)

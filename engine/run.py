@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import time
@@ -321,12 +322,30 @@ class _ConfigDumper(getattr(yaml, "CDumper", yaml.Dumper)):  # libyaml's emitter
 _ConfigDumper.add_representer(str, OmegaConfDumper.str_representer)
 
 
+# Text both YAML emitters write alike: printable characters of the Basic Multilingual Plane (libyaml escapes
+# others, C1 controls, line separators and the byte-order mark among them, where PyYAML's emitter writes them
+# as they are), in keys shorter than 100 characters (libyaml writes longer keys as simple keys, PyYAML not).
+_PLAIN_YAML_TEXT = re.compile("[\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd]*")
+
+
+def _plain_yaml(node: Any) -> bool:
+    if isinstance(node, dict):
+        return all(not isinstance(key, str) or (len(key) < 100 and _PLAIN_YAML_TEXT.fullmatch(key))
+                   for key in node) and all(_plain_yaml(value) for value in node.values())
+    if isinstance(node, list):
+        return all(_plain_yaml(value) for value in node)
+    return not isinstance(node, str) or _PLAIN_YAML_TEXT.fullmatch(node) is not None
+
+
 def config_yaml(cfg: DictConfig) -> str:
-    """``OmegaConf.to_yaml(cfg, resolve=True)``: the same text (a test compares them), written faster.
+    """``OmegaConf.to_yaml(cfg, resolve=True)``: the same text (a test compares them), written by libyaml's emitter
+    (a quarter of the time) when every key and string is text both emitters write alike, else by OmegaConf.
 
     >>> (run_dir / "config.yaml").write_text(config_yaml(cfg))
     """
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if not _plain_yaml(container):
+        return OmegaConf.to_yaml(cfg, resolve=True)
     return yaml.dump(container, Dumper=_ConfigDumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 

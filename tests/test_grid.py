@@ -579,6 +579,14 @@ def test_config_yaml_is_omegaconfs_text(overrides):
     text = config_yaml(tricky)
     assert text == OmegaConf.to_yaml(tricky, resolve=True)
     assert OmegaConf.to_yaml(OmegaConf.create(text)) == OmegaConf.to_yaml(tricky, resolve=True)
+    # Text libyaml writes otherwise (characters beyond the BMP, C1 controls, line separators, long keys): OmegaConf's.
+    odd = OmegaConf.create({"name": "🚀", "nel": "a\x85b", "lines": "x\u2028y", "k" * 127: 1, "bom": "\ufeffz"})
+    assert config_yaml(odd) == OmegaConf.to_yaml(odd, resolve=True)
+    rng = np.random.default_rng(3)
+    pool = list("ab :#'\"\\-?,[]{}*&!|>%@`\t\n\r\x00\x07\x1b\x7f\x85\xa0é\u2028\u2029\ufeff\ufffd😀") + ["yes", "1e3"]
+    values = ["".join(rng.choice(pool, size=rng.integers(0, 8))) for _ in range(2000)]
+    random = OmegaConf.create({"values": values, "keyed": {f"k{n}{value}": n for n, value in enumerate(values[:200])}})
+    assert config_yaml(random) == OmegaConf.to_yaml(random, resolve=True)
 
 
 def test_workers_default_to_the_cores_this_process_may_use(monkeypatch):
@@ -637,3 +645,20 @@ def test_a_command_composes_each_config_once_and_hands_out_copies(hydra_app, mon
         assert len(made) == 5
     hydra_app.compose_config("config", overrides, run_mode=RunMode.RUN)  # after the command: read again
     assert len(made) == 6
+
+
+def test_forked_workers_print_what_spawned_ones_print(tmp_path):
+    # A forked worker inherits the command's Hydra logging (INFO to stdout); it must log as a spawned one does.
+    write_dataset(tmp_path)
+    outputs = {}
+    for method in ("auto", "spawn"):
+        command = [part for part in sweep_command(tmp_path, tmp_path / method, "strategy=regression",
+                                                  "strategy.threshold=0,0.5", "hydra.launcher.workers=2",
+                                                  f"hydra.launcher.start_method={method}")
+                   if part != "strategy.baseline_sessions=null"]  # a key of the sentiment rule only
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[method] = done.stdout + done.stderr
+    assert "forked workers" in outputs["auto"] and "spawned workers" in outputs["spawn"]
+    for method, output in outputs.items():
+        assert "walk-forward:" not in output, method  # the workers' INFO progress lines stay out of the output
