@@ -261,8 +261,9 @@ def load_data(cfg: DictConfig) -> None:
 
     >>> load_data(cfg)
     """
-    _aligned_dataset(*_data_key(cfg))
-    _news_accounting(*_data_key(cfg))
+    key = _data_key(cfg)
+    _aligned_dataset(*key)
+    _news_accounting(*key)
 
 
 def prepare_signals(cfg: DictConfig) -> None:

@@ -43,6 +43,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from engine.cache import CACHE_STATS, TextScoreCache, file_sha256, fingerprint, text_hash, write_text_atomic
 from engine.errors import ConfigError, DataError, NewsbtError
+from engine.prefit import available_cores
 from engine.schema import SIGNAL_INDEX, empty_signals
 from engine.signal import SignalProvider
 from signals import modeling_newsbt
@@ -593,7 +594,7 @@ class TransformerSentiment(SignalProvider):
         return self._resolved
 
     def _threads(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0))
+        return self.threads or available_cores()
 
     # -- the work ------------------------------------------------------------------------------------------
     def transform(self, news: pd.DataFrame) -> pd.DataFrame:
