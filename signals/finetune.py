@@ -13,7 +13,7 @@ first (signals/pretrain.py); ``--method lora`` trains peft LoRA adapters and mer
 
     python -m signals.finetune [--out FOLDER] [--recipe default|long|dapt] [--method full|lora] [--seeds 0,1,2,3,4]
                                [--base FOLDER_OR_HF_ID] [--precision bf16] [--epochs N ... any Recipe field]
-                               [--freeze-word-embeddings 0|1] [--class-weight-power P]
+                               [--freeze-word-embeddings 0|1] [--class-weight-power P] [--agreement-smoothing S]
 """
 from __future__ import annotations
 
@@ -94,18 +94,24 @@ class Recipe:
     # Cross-entropy class weights (N / (classes * n_c)) ** power from the training split's label counts n_c:
     # 0 unweighted, 0.5 the square root of inverse frequency, 1 inverse frequency (torch's weighted mean).
     class_weight_power: float = 0.0
+    # Soft targets from the annotators' agreement: a training sentence that not every annotator labelled alike (in
+    # 50Agree but not in AllAgree) gets 1 - s on its majority label and s / 2 on each other label; an all-agree
+    # sentence keeps its one-hot target. 0: off (every target one-hot). Needs the frame's ``all_agree`` column.
+    agreement_smoothing: float = 0.0
 
 
 # Fields added after models were trained: an identity leaves them out while they have these values, so models
 # trained before the fields existed (their cards) keep their identity and folder.
-IDENTITY_OPTIONAL = {"freeze_word_embeddings": False, "class_weight_power": 0.0, "pretrain_head_steps": 0}
+IDENTITY_OPTIONAL = {"freeze_word_embeddings": False, "class_weight_power": 0.0, "pretrain_head_steps": 0,
+                     "agreement_smoothing": 0.0}
 
 
 # ``--method lora`` applies these to the recipe: LoRA trains ~3% of the weights, so it takes a higher LR, the
 # same for every layer (a recipe's layer-wise decay suits full fine-tuning). It keeps the schedule and loss it
 # was measured with (3 epochs, unweighted; peft freezes the word embeddings itself), whatever the default's.
 METHODS = {"full": {}, "lora": {"lora_rank": 16, "lr": 1e-3, "layer_decay": 1.0, "epochs": 3,
-                                "freeze_word_embeddings": False, "class_weight_power": 0.0}}
+                                "freeze_word_embeddings": False, "class_weight_power": 0.0,
+                                "agreement_smoothing": 0.0}}
 LORA_DROPOUT = 0.1
 LORA_TARGETS = ("query", "key", "value", "dense")  # BERT's attention q/k/v/output and feed-forward projections
 BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED = 2000, 0
@@ -329,6 +335,20 @@ def class_weights(labels: torch.Tensor, power: float) -> torch.Tensor | None:
     return ((counts.sum() / (len(LABELS) * counts)) ** power).float()
 
 
+def agreement_targets(frame: pd.DataFrame, smoothing: float) -> torch.Tensor:
+    """Per-sentence target distributions over LABELS for ``frame`` (columns label, all_agree): one-hot where
+    ``all_agree``, else 1 - ``smoothing`` on the label and ``smoothing`` / 2 on each of the two others.
+
+    >>> agreement_targets(pd.DataFrame({"label": ["positive"], "all_agree": [False]}), 0.2)  # [[0.1, 0.1, 0.8]]
+    """
+    if "all_agree" not in frame:
+        raise ConfigError("agreement_smoothing: the training sentences carry no all_agree column")
+    codes = torch.tensor([LABELS.index(label) for label in frame["label"]])
+    onehot = torch.nn.functional.one_hot(codes, len(LABELS)).float()
+    soft = onehot * (1 - smoothing) + (1 - onehot) * smoothing / (len(LABELS) - 1)
+    return torch.where(torch.tensor(frame["all_agree"].to_numpy(dtype=bool))[:, None], onehot, soft)
+
+
 def _encode(tokenizer: Any, sentences: Sequence[str], max_length: int) -> list[list[int]]:
     return tokenizer(list(sentences), truncation=True, max_length=max_length,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
@@ -358,16 +378,16 @@ def _epoch_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def evaluate(model: MeanPoolingClassifier, tokenizer: Any, frame: pd.DataFrame, max_length: int,
-             batch_size: int = 128) -> dict[str, Any]:
-    """Loss, accuracy, macro-F1 and predicted labels of ``model`` (fp32, eval mode) on ``frame``.
+def predict_logits(model: torch.nn.Module, tokenizer: Any, sentences: Sequence[str], max_length: int,
+                   batch_size: int = 128) -> torch.Tensor:
+    """fp32 logits (len(sentences) x len(LABELS), in the sentences' order) of ``model`` in eval mode, run in
+    batches of similar length.
 
-    >>> evaluate(model, tokenizer, parts["validation"], 64)["accuracy"]
+    >>> predict_logits(model, tokenizer, ["Profit rose ."], 64).argmax(1)
     """
     model.eval()
     device = next(model.parameters()).device
-    ids = _encode(tokenizer, frame["sentence"], max_length)
-    labels = torch.tensor([LABELS.index(label) for label in frame["label"]])
+    ids = _encode(tokenizer, sentences, max_length)
     order = np.argsort([len(row) for row in ids], kind="stable")
     logits = torch.zeros((len(ids), len(LABELS)))
     with torch.inference_mode():
@@ -376,6 +396,17 @@ def evaluate(model: MeanPoolingClassifier, tokenizer: Any, frame: pd.DataFrame, 
             input_ids, mask = pad_rows([ids[i] for i in rows], tokenizer.pad_token_id or 0)
             out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
             logits[torch.from_numpy(rows)] = out.float().cpu()
+    return logits
+
+
+def evaluate(model: MeanPoolingClassifier, tokenizer: Any, frame: pd.DataFrame, max_length: int,
+             batch_size: int = 128) -> dict[str, Any]:
+    """Loss, accuracy, macro-F1 and predicted labels of ``model`` (fp32, eval mode) on ``frame``.
+
+    >>> evaluate(model, tokenizer, parts["validation"], 64)["accuracy"]
+    """
+    logits = predict_logits(model, tokenizer, frame["sentence"], max_length, batch_size)
+    labels = torch.tensor([LABELS.index(label) for label in frame["label"]])
     predicted = logits.argmax(1).numpy()
     truth = labels.numpy()
     return {
@@ -430,6 +461,8 @@ def _train(model: MeanPoolingClassifier, tokenizer: Any, train: pd.DataFrame, va
     labels = torch.tensor([LABELS.index(label) for label in train["label"]])
     weights = class_weights(labels, recipe.class_weight_power)
     weights = weights.to(target) if weights is not None else None
+    # Soft targets replace the label indices only when asked: index targets keep the default's arithmetic.
+    soft = agreement_targets(train, recipe.agreement_smoothing) if recipe.agreement_smoothing > 0 else None
     pad_id = tokenizer.pad_token_id or 0
     optimizer = torch.optim.AdamW(_parameter_groups(model, recipe))
     steps_per_epoch = math.ceil(len(ids) / recipe.batch_size)
@@ -451,7 +484,9 @@ def _train(model: MeanPoolingClassifier, tokenizer: Any, train: pd.DataFrame, va
                 with torch.autocast(target.type, dtype=torch.bfloat16, enabled=use_bf16):
                     logits = model(input_ids=input_ids.repeat(copies, 1).to(target),
                                    attention_mask=mask.repeat(copies, 1).to(target)).logits.float()
-                loss = torch.nn.functional.cross_entropy(logits, targets.repeat(copies), weight=weights,
+                wanted = targets.repeat(copies) if soft is None else soft[torch.from_numpy(rows)].to(target).repeat(
+                    copies, 1)
+                loss = torch.nn.functional.cross_entropy(logits, wanted, weight=weights,
                                                          label_smoothing=recipe.label_smoothing)
                 if recipe.rdrop > 0:
                     first, second = torch.log_softmax(logits, -1).chunk(2)
@@ -720,7 +755,8 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     unique, dedupe = dedupe_phrasebank(sentences)
     all_agree_frame = read_phrasebank(folder / ALL_AGREE_FILE)
     all_agree = set(all_agree_frame["sentence"])
-    parts = split_phrasebank(unique, split_seed)
+    parts = {name: part.assign(all_agree=part["sentence"].isin(all_agree))
+             for name, part in split_phrasebank(unique, split_seed).items()}
     source, pretraining = base, None
     if recipe.pretrain_steps > 0:
         from signals.pretrain import ensure_adapted_encoder
@@ -1005,6 +1041,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--pretrain-steps, --pretrain-head-steps, --lora-rank: must be 0 or a positive integer")
         if not (math.isfinite(recipe.class_weight_power) and recipe.class_weight_power >= 0):
             raise ConfigError(f"--class-weight-power: must be a finite number >= 0, got {recipe.class_weight_power}")
+        if not (math.isfinite(recipe.agreement_smoothing) and 0 <= recipe.agreement_smoothing < 1):
+            raise ConfigError(f"--agreement-smoothing: must be a number in [0, 1), got {recipe.agreement_smoothing}")
+        if recipe.agreement_smoothing > 0 and recipe.class_weight_power > 0:
+            raise ConfigError("--agreement-smoothing and --class-weight-power: use one or the other (class weights "
+                              "over soft targets are not defined here)")
         if args.seeds:
             recipe = dataclasses.replace(recipe, seed=args.seeds[0])
         identity = model_identity(args.base, args.recipe, recipe, args.precision, args.device, args.split_seed)

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
+import pandas as pd
 import transformers
 from transformers import BertConfig, BertModel, BertTokenizer
 
-from engine.errors import DataError
+from engine.errors import ConfigError, DataError
 from signals import finetune, pretrain
 from signals.transformer import LABELS, MeanPoolingClassifier, load_classifier, save_classifier
 
@@ -464,6 +465,58 @@ def test_training_loss_is_the_class_weighted_mean_computed_by_hand(tmp_path, mon
     assert sum(checked) == 12  # every training sentence went through the weighted loss once
 
 
+def test_agreement_targets_are_one_hot_where_all_agree_and_smoothed_elsewhere_worked_by_hand():
+    frame = pd.DataFrame({"label": ["negative", "positive", "neutral", "positive"],
+                          "all_agree": [True, False, False, True]})
+    targets = finetune.agreement_targets(frame, 0.2)
+    # LABELS = negative, neutral, positive; a 50Agree-only sentence keeps 0.8 and gives 0.1 to each other label.
+    assert torch.allclose(targets, torch.tensor([[1.0, 0.0, 0.0], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.0, 0.0, 1.0]]))
+    with pytest.raises(ConfigError, match="all_agree"):
+        finetune.agreement_targets(frame.drop(columns="all_agree"), 0.2)
+
+
+def test_training_loss_with_agreement_smoothing_is_the_soft_cross_entropy_computed_by_hand(tmp_path, monkeypatch):
+    base = _tiny_base(tmp_path / "base")
+    model, tokenizer = finetune.load_base(str(base))
+    train = _weighted_frame()
+    train = train.assign(all_agree=[index % 3 == 0 for index in range(len(train))])
+    recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, batch_size=4, max_length=16,
+                                 agreement_smoothing=0.3)
+    real = torch.nn.functional.cross_entropy
+    checked = []
+
+    def spy(logits, targets, *args, **kwargs):
+        loss = real(logits, targets, *args, **kwargs)
+        if logits.requires_grad:
+            assert targets.dtype == torch.float32 and targets.shape == logits.shape
+            checked.append(targets.detach().clone())
+            log_p = torch.log_softmax(logits.detach(), -1)
+            assert torch.allclose(loss.detach(), -(targets * log_p).sum(1).mean(), atol=1e-6)
+        return loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
+    finetune.train_classifier(model, tokenizer, train, _labelled(SENTENCES, TRAIN_LABELS), recipe,
+                              log=lambda line: None, threads=1)
+    rows = torch.cat(checked)
+    assert len(rows) == len(train)
+    # Every row is a one-hot (all-agree) or 0.7 / 0.15 / 0.15 target, and the counts match the frame's.
+    one_hot = (rows == 1.0).any(1)
+    assert int(one_hot.sum()) == int(train["all_agree"].sum())
+    assert torch.allclose(rows[~one_hot].max(1).values, torch.tensor(0.7))
+    assert torch.allclose(rows[~one_hot].min(1).values, torch.tensor(0.15))
+    by_label = sorted(LABELS[int(i)] for i in rows.argmax(1))
+    assert by_label == sorted(train["label"])
+
+
+def test_cli_rejects_agreement_smoothing_out_of_range_or_with_class_weights(capsys):
+    assert finetune.main(["--agreement-smoothing", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--agreement-smoothing: must be a number in [0, 1), got 1.0" in err
+    assert finetune.main(["--agreement-smoothing", "0.2", "--class-weight-power", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "use one or the other" in err
+
+
 def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tmp_path):
     base = _tiny_base(tmp_path / "base")
     train, validation = _weighted_frame(), _labelled(SENTENCES, TRAIN_LABELS)
@@ -501,6 +554,9 @@ def test_identities_of_models_trained_before_the_new_fields_are_unchanged():
     identity = finetune.model_identity(None, "default", frozen)
     assert identity["hyperparameters"] == earlier_default | {"freeze_word_embeddings": True,
                                                              "class_weight_power": 0.5}
+    smoothed = finetune.model_identity(None, "default",
+                                       dataclasses.replace(finetune.RECIPES["default"], agreement_smoothing=0.2))
+    assert smoothed["hyperparameters"] == earlier_default | {"agreement_smoothing": 0.2}
     assert finetune.model_folder(Path("m/sentiment-minilm"), identity).name.startswith("sentiment-minilm-custom-")
 
 
