@@ -45,6 +45,13 @@ def _group(card: dict) -> str:
     return json.dumps([card.get("identity", {}).get("base"), (card.get("pretraining") or {}).get("key")])
 
 
+def uniform_soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of ``states`` (state dicts of one architecture), in fp32 then cast back; tensors that
+    are not floating point (buffers such as position ids) are the first state's."""
+    return {key: torch.stack([state[key].float() for state in states]).mean(0).to(tensor.dtype)
+            if tensor.is_floating_point() else tensor for key, tensor in states[0].items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", type=Path, default=None)
@@ -88,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(members) < 2:
             continue
         model, tokenizer = load_classifier(members[0][0])
-        model.load_state_dict({key: torch.stack([state[key].float() for _, state in members]).mean(0).to(tensor.dtype)
-                               if tensor.is_floating_point() else tensor
-                               for key, tensor in members[0][1].items()})
+        model.load_state_dict(uniform_soup([state for _, state in members]))
         label = f"soup of {len(members)} ({', '.join(folder.name.removeprefix('sentiment-minilm') or 'default' for folder, _ in members)})"
         for name in splits:
             predicted = finetune.predict_logits(model, tokenizer, parts[name]["sentence"], 64).argmax(1).numpy()
