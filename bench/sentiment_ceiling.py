@@ -15,7 +15,6 @@ the gap. For the model folders given (default: every folder under data/models wi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score, recall_score
 
 from engine.cache import PROJECT_ROOT
+from engine.errors import ConfigError, NewsbtError, OneLineParser
 from signals import finetune
 from signals.transformer import LABELS, load_classifier
 
@@ -39,10 +39,16 @@ def _figures(truth: np.ndarray, predicted: np.ndarray) -> str:
             f"{recall_score(truth, predicted, labels=[positive], average='macro', zero_division=0):.4f}")
 
 
+def _max_length(card: dict) -> int:
+    return int((finetune.card_identity(card).get("hyperparameters") or {}).get("max_length", 64))
+
+
 def _group(card: dict) -> str:
-    """Folders that share a group started from one encoder: the same base and the same adapted encoder (the
-    pretraining's cache key; cards of an earlier newsbt keep it only there, not in their identity)."""
-    return json.dumps([card.get("identity", {}).get("base"), (card.get("pretraining") or {}).get("key")])
+    """Folders that share a group started from one encoder and read texts alike: the same base, the same adapted
+    encoder (the pretraining's cache key; cards of an earlier newsbt keep it only there, not in their identity)
+    and the same max_length."""
+    return json.dumps([finetune.card_identity(card).get("base"), (card.get("pretraining") or {}).get("key"),
+                       _max_length(card)])
 
 
 def uniform_soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -53,34 +59,55 @@ def uniform_soup(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="bench/sentiment_ceiling.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", type=Path, default=None)
     parser.add_argument("--test", action="store_true", help="also score the test split (decides nothing)")
     args = parser.parse_args(argv)
-    folders = args.models or sorted(p.parent for p in (PROJECT_ROOT / "data" / "models").glob("*/model_card.json"))
-    cards = {folder: json.loads((folder / "model_card.json").read_text()) for folder in folders}
-    folders = [f for f in folders if cards[f].get("identity", {}).get("split_seed", 0) == finetune.SPLIT_SEED]
-    if not folders:
-        print("no model folder with a model card of split seed 0", file=sys.stderr)
+    try:
+        folders = args.models or sorted(p.parent for p in (PROJECT_ROOT / "data" / "models").glob("*/model_card.json"))
+        cards = {folder: _read_card(folder) for folder in folders}
+        other_split = [f for f in folders if finetune.card_identity(cards[f]).get("split_seed") != finetune.SPLIT_SEED]
+        folders = [f for f in folders if f not in other_split]
+        if other_split:
+            print(f"left out {len(other_split)} models trained on another split (their validation and test sentences "
+                  f"differ): {', '.join(f.name for f in other_split)}")
+        if not folders:
+            raise ConfigError(f"--models: no model folder with a model card of split seed {finetune.SPLIT_SEED}")
+        return _report(folders, cards, args.test)
+    except NewsbtError as error:
+        print(f"newsbt: error: {error}", file=sys.stderr)
         return 2
+
+
+def _read_card(folder: Path) -> dict:
+    try:
+        card = json.loads((folder / "model_card.json").read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"--models: {folder}: no readable model_card.json ({type(error).__name__})") from None
+    if not isinstance(card, dict):
+        raise ConfigError(f"--models: {folder}/model_card.json: not a JSON object")
+    return card
+
+
+def _report(folders: list[Path], cards: dict[Path, dict], test: bool) -> int:
     torch.set_num_threads(finetune.TRAIN_THREADS)
     source = finetune.find_phrasebank()
     unique, _ = finetune.dedupe_phrasebank(finetune.read_phrasebank(source / finetune.TRAIN_FILE))
     parts = finetune.split_phrasebank(unique)
-    splits = ["validation"] + (["test"] if args.test else [])
+    splits = ["validation"] + (["test"] if test else [])
     truth = {name: np.array([LABELS.index(label) for label in parts[name]["label"]]) for name in splits}
     prior = np.bincount([LABELS.index(label) for label in parts["train"]["label"]], minlength=len(LABELS))
     log_prior = np.log(prior / prior.sum())
     cpu = finetune.machine()
     print(f"CPU: {cpu['model']}, {cpu['cores']} cores, avx512_bf16 {cpu['avx512_bf16']}")
     print(f"{len(folders)} models; validation {len(parts['validation'])} sentences"
-          + (f", test {len(parts['test'])}" if args.test else "") + f"; training prior {np.round(prior / prior.sum(), 4)}")
+          + (f", test {len(parts['test'])}" if test else "") + f"; training prior {np.round(prior / prior.sum(), 4)}")
     started = time.process_time()
     log_p: dict[str, dict[Path, np.ndarray]] = {name: {} for name in splits}
     states: dict[str, list[tuple[Path, dict]]] = {}
     for folder in folders:
         model, tokenizer = load_classifier(folder)
-        length = cards[folder].get("hyperparameters", {}).get("max_length", 64)
+        length = _max_length(cards[folder])
         for name in splits:
             logits = finetune.predict_logits(model, tokenizer, parts[name]["sentence"], length)
             log_p[name][folder] = torch.log_softmax(logits, -1).numpy()
@@ -98,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(uniform_soup([state for _, state in members]))
         label = f"soup of {len(members)} ({', '.join(folder.name.removeprefix('sentiment-minilm') or 'default' for folder, _ in members)})"
         for name in splits:
-            predicted = finetune.predict_logits(model, tokenizer, parts[name]["sentence"], 64).argmax(1).numpy()
+            predicted = finetune.predict_logits(model, tokenizer, parts[name]["sentence"],
+                                                _max_length(cards[members[0][0]])).argmax(1).numpy()
             print(f"{name:10s} {label}\n           {_figures(truth[name], predicted)}")
     print("\nlogit adjustment, log-probabilities - tau * log(prior):")
     for name in splits:

@@ -95,8 +95,8 @@ class Recipe:
     # 0 unweighted, 0.5 the square root of inverse frequency, 1 inverse frequency (torch's weighted mean).
     class_weight_power: float = 0.0
     # Soft targets from the annotators' agreement: a training sentence that not every annotator labelled alike (in
-    # 50Agree but not in AllAgree) gets 1 - s on its majority label and s / 2 on each other label; an all-agree
-    # sentence keeps its one-hot target. 0: off (every target one-hot). Needs the frame's ``all_agree`` column.
+    # 50Agree but not in AllAgree) gets 1 - s on its label and s / 2 on each other label; an all-agree sentence
+    # keeps its one-hot target. 0: off (every target one-hot); below 2/3. Needs the frame's ``all_agree`` column.
     agreement_smoothing: float = 0.0
 
 
@@ -335,6 +335,18 @@ def class_weights(labels: torch.Tensor, power: float) -> torch.Tensor | None:
     return ((counts.sum() / (len(LABELS) * counts)) ** power).float()
 
 
+def check_agreement_smoothing(recipe: Recipe, name: str = "agreement_smoothing",
+                              weights_name: str = "class_weight_power") -> None:
+    """ConfigError unless ``recipe.agreement_smoothing`` is in [0, 2/3) (from 2/3 on, a sentence's own label
+    would weigh no more than each other label) and is off when class weights are on (not defined together)."""
+    smoothing = recipe.agreement_smoothing
+    if not (math.isfinite(smoothing) and 0 <= smoothing < 2 / 3):
+        raise ConfigError(f"{name}: must be a number in [0, 2/3), got {smoothing}")
+    if smoothing > 0 and recipe.class_weight_power > 0:
+        raise ConfigError(f"{name} and {weights_name}: use one or the other (class weights over soft targets are "
+                          "not defined here)")
+
+
 def agreement_targets(frame: pd.DataFrame, smoothing: float) -> torch.Tensor:
     """Per-sentence target distributions over LABELS for ``frame`` (columns label, all_agree): one-hot where
     ``all_agree``, else 1 - ``smoothing`` on the label and ``smoothing`` / 2 on each of the two others.
@@ -438,6 +450,7 @@ def train_classifier(model: MeanPoolingClassifier, tokenizer: Any, train: pd.Dat
         raise ConfigError(f"device: {device!r} is not one of {', '.join(TRAIN_DEVICES)}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' asked for but torch sees no CUDA device")
+    check_agreement_smoothing(recipe)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -1041,11 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--pretrain-steps, --pretrain-head-steps, --lora-rank: must be 0 or a positive integer")
         if not (math.isfinite(recipe.class_weight_power) and recipe.class_weight_power >= 0):
             raise ConfigError(f"--class-weight-power: must be a finite number >= 0, got {recipe.class_weight_power}")
-        if not (math.isfinite(recipe.agreement_smoothing) and 0 <= recipe.agreement_smoothing < 1):
-            raise ConfigError(f"--agreement-smoothing: must be a number in [0, 1), got {recipe.agreement_smoothing}")
-        if recipe.agreement_smoothing > 0 and recipe.class_weight_power > 0:
-            raise ConfigError("--agreement-smoothing and --class-weight-power: use one or the other (class weights "
-                              "over soft targets are not defined here)")
+        check_agreement_smoothing(recipe, "--agreement-smoothing", "--class-weight-power")
         if args.seeds:
             recipe = dataclasses.replace(recipe, seed=args.seeds[0])
         identity = model_identity(args.base, args.recipe, recipe, args.precision, args.device, args.split_seed)

@@ -475,46 +475,69 @@ def test_agreement_targets_are_one_hot_where_all_agree_and_smoothed_elsewhere_wo
         finetune.agreement_targets(frame.drop(columns="all_agree"), 0.2)
 
 
-def test_training_loss_with_agreement_smoothing_is_the_soft_cross_entropy_computed_by_hand(tmp_path, monkeypatch):
+@pytest.mark.parametrize("rdrop, label_smoothing", [(0.0, 0.0), (1.0, 0.1)])
+def test_each_sentence_trains_on_its_own_soft_target_and_the_loss_is_computed_by_hand(tmp_path, monkeypatch, rdrop,
+                                                                                     label_smoothing):
     base = _tiny_base(tmp_path / "base")
     model, tokenizer = finetune.load_base(str(base))
-    train = _weighted_frame()
-    train = train.assign(all_agree=[index % 3 == 0 for index in range(len(train))])
-    recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, batch_size=4, max_length=16,
-                                 agreement_smoothing=0.3)
+    train = _labelled(SENTENCES, TRAIN_LABELS).assign(all_agree=[True, False, False, True, False, True])
+    # Worked by hand from TRAIN_LABELS (LABELS = negative, neutral, positive), smoothing 0.3: a sentence not all
+    # annotators agreed on keeps 0.7 on its label and 0.15 on each other; an all-agree one stays one-hot.
+    expected = {SENTENCES[0]: [0.0, 0.0, 1.0], SENTENCES[1]: [0.7, 0.15, 0.15], SENTENCES[2]: [0.15, 0.7, 0.15],
+                SENTENCES[3]: [1.0, 0.0, 0.0], SENTENCES[4]: [0.15, 0.15, 0.7], SENTENCES[5]: [0.0, 1.0, 0.0]}
+    by_ids = {tuple(ids): sentence for ids, sentence in zip(finetune._encode(tokenizer, SENTENCES, 16), SENTENCES)}
+    recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=2, batch_size=4, max_length=16,
+                                 agreement_smoothing=0.3, rdrop=rdrop, label_smoothing=label_smoothing)
+    inputs, seen = [], []
+    model.register_forward_pre_hook(lambda module, args, kwargs: inputs.append(kwargs["input_ids"]),
+                                    with_kwargs=True)
     real = torch.nn.functional.cross_entropy
-    checked = []
 
     def spy(logits, targets, *args, **kwargs):
         loss = real(logits, targets, *args, **kwargs)
         if logits.requires_grad:
             assert targets.dtype == torch.float32 and targets.shape == logits.shape
-            checked.append(targets.detach().clone())
+            rows = [by_ids[tuple(int(i) for i in row if i != tokenizer.pad_token_id)] for row in inputs[-1]]
+            wanted = torch.tensor([expected[sentence] for sentence in rows])
+            assert torch.allclose(targets, wanted)
+            smoothed = wanted * (1 - label_smoothing) + label_smoothing / 3  # torch's label smoothing on top
             log_p = torch.log_softmax(logits.detach(), -1)
-            assert torch.allclose(loss.detach(), -(targets * log_p).sum(1).mean(), atol=1e-6)
+            assert torch.allclose(loss.detach(), -(smoothed * log_p).sum(1).mean(), atol=1e-6)
+            seen.extend(rows)
         return loss
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", spy)
     finetune.train_classifier(model, tokenizer, train, _labelled(SENTENCES, TRAIN_LABELS), recipe,
                               log=lambda line: None, threads=1)
-    rows = torch.cat(checked)
-    assert len(rows) == len(train)
-    # Every row is a one-hot (all-agree) or 0.7 / 0.15 / 0.15 target, and the counts match the frame's.
-    one_hot = (rows == 1.0).any(1)
-    assert int(one_hot.sum()) == int(train["all_agree"].sum())
-    assert torch.allclose(rows[~one_hot].max(1).values, torch.tensor(0.7))
-    assert torch.allclose(rows[~one_hot].min(1).values, torch.tensor(0.15))
-    by_label = sorted(LABELS[int(i)] for i in rows.argmax(1))
-    assert by_label == sorted(train["label"])
+    # Two epochs, each sentence once per epoch (twice per step with R-Drop's two passes).
+    assert Counter(seen) == {sentence: 2 * (2 if rdrop else 1) for sentence in SENTENCES}
 
 
-def test_cli_rejects_agreement_smoothing_out_of_range_or_with_class_weights(capsys):
-    assert finetune.main(["--agreement-smoothing", "1"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--agreement-smoothing: must be a number in [0, 1), got 1.0" in err
+def _must_not_train(*args, **kwargs):
+    raise AssertionError("the command trained a model instead of rejecting its options")
+
+
+def test_cli_rejects_agreement_smoothing_out_of_range_or_with_class_weights(capsys, monkeypatch):
+    monkeypatch.setattr(finetune, "finetune", _must_not_train)
+    # Above 2/3 the sentence's own label would get less than each other label (0.7: 0.3 against 0.35 each).
+    for value in ("0.7", "1", "-0.1", "nan"):
+        assert finetune.main(["--agreement-smoothing", value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--agreement-smoothing: must be a number in [0, 2/3)" in err
     assert finetune.main(["--agreement-smoothing", "0.2", "--class-weight-power", "0.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "use one or the other" in err
+
+
+def test_training_rejects_agreement_smoothing_with_class_weights_or_out_of_range(tmp_path):
+    base = _tiny_base(tmp_path / "base")
+    model, tokenizer = finetune.load_base(str(base))
+    train = _labelled(SENTENCES, TRAIN_LABELS).assign(all_agree=[True, False] * 3)
+    for options, message in (({"agreement_smoothing": 0.2, "class_weight_power": 0.5}, "use one or the other"),
+                             ({"agreement_smoothing": 0.7}, r"must be a number in \[0, 2/3\)")):
+        recipe = dataclasses.replace(finetune.RECIPES["default"], epochs=1, batch_size=4, max_length=16, **options)
+        with pytest.raises(ConfigError, match=message):
+            finetune.train_classifier(model, tokenizer, train, train, recipe, log=lambda line: None, threads=1)
 
 
 def test_frozen_word_embeddings_stay_bit_identical_while_the_rest_trains(tmp_path):
@@ -578,7 +601,8 @@ def test_a_default_model_trained_before_the_new_fields_is_kept(tmp_path, monkeyp
     assert sorted(p.name for p in default_dir.parent.iterdir()) == ["sentiment-minilm"]
 
 
-def test_cli_rejects_a_negative_class_weight_power(capsys):
+def test_cli_rejects_a_negative_class_weight_power(capsys, monkeypatch):
+    monkeypatch.setattr(finetune, "finetune", _must_not_train)
     assert finetune.main(["--class-weight-power", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--class-weight-power: must be a finite number >= 0, got -1.0" in err
