@@ -82,8 +82,10 @@ def value_text(value: Any) -> str:
 
 
 def _groups() -> list[str]:
-    """The config groups of conf/ (strategy, data, ...), Hydra's own left out."""
-    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+    """The config groups of conf/, nested ones included (strategy, data, signals/sentiment, ...), Hydra's own
+    left out."""
+    return sorted(p.relative_to(CONF_DIR).as_posix() for p in CONF_DIR.rglob("*")
+                  if p.is_dir() and p.relative_to(CONF_DIR).parts[0] != "hydra")
 
 
 def _compose(overrides: tuple[str, ...], hydra_config: bool = False):
@@ -99,9 +101,11 @@ def _compose(overrides: tuple[str, ...], hydra_config: bool = False):
 
 @functools.lru_cache(maxsize=1)
 def default_choices() -> dict[str, str]:
-    """The option each config group takes by default (conf/config.yaml's defaults list)."""
+    """The option each config group takes by default (conf/config.yaml's defaults list and the nested ones, such
+    as signals/sentiment), Hydra's own groups left out."""
     choices = _compose((), hydra_config=True).hydra.runtime.choices
-    return {group: str(option) for group, option in choices.items() if "/" not in group and option is not None}
+    return {group: str(option) for group, option in choices.items()
+            if group.split("/")[0] != "hydra" and option is not None}
 
 
 @functools.lru_cache(maxsize=64)

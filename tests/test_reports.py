@@ -451,6 +451,18 @@ def test_index_of_runs_and_sweeps(tmp_path, capsys):
     config = composed_config("data=csv", "strategy=regression", "data.prices.path=p.csv", "strategy.alpha=100")
     plant_finished_run(runs / "20240103-000000-regression-csv", config,
                        {"sharpe": -0.5, "cagr": -0.01, "max_drawdown": -0.3, "var_95": -0.02, "oos_mse": 2.5e-05})
+    # A nested group chosen on the command line (signals/sentiment=lexicon): listed as that choice, once, and
+    # not as the keys it brings (signals.sentiment._target_, .wordlists), whether hydra.yaml records the choice
+    # or only overrides.yaml does.
+    config = composed_config("signals/sentiment=lexicon", "risk.stop_loss=0.07")
+    nested = choices | {"strategy": "sentiment", "signals/sentiment": "lexicon"}
+    plant_finished_run(runs / "20240103-010000-sentiment-djia", config,
+                       {"sharpe": 0.3, "cagr": 0.01, "max_drawdown": -0.1, "var_95": -0.01, "oos_mse": None},
+                       hydra={"overrides.yaml": ["signals/sentiment=lexicon", "risk.stop_loss=0.07"],
+                              "hydra.yaml": {"hydra": {"runtime": {"choices": nested}}}})
+    plant_finished_run(runs / "20240103-020000-sentiment-djia", config,
+                       {"sharpe": 0.3, "cagr": 0.01, "max_drawdown": -0.1, "var_95": -0.01, "oos_mse": None},
+                       hydra={"overrides.yaml": ["signals/sentiment=lexicon", "risk.stop_loss=0.07"]})
     (runs / "20240104-000000-running" / ".hydra").mkdir(parents=True)  # Hydra's folder only: still running
     (runs / "20240104-000000-running" / ".hydra" / "config.yaml").write_text(
         yaml.safe_dump({"strategy": {"name": "sentiment"}, "data": {"name": "djia"}}))
@@ -473,7 +485,10 @@ def test_index_of_runs_and_sweeps(tmp_path, capsys):
     text = path.read_text(encoding="utf-8")
     rows = index_rows(text)
     assert list(rows) == ["20240106-000000-badyaml", "20240105-000000-badjson", "20240104-000000-running",
+                          "20240103-020000-sentiment-djia", "20240103-010000-sentiment-djia",
                           "20240103-000000-regression-csv", "20240102-030405-cluster-djia"]  # newest first
+    for name in ("20240103-010000-sentiment-djia", "20240103-020000-sentiment-djia"):
+        assert rows[name][5] == "<code>signals/sentiment=lexicon risk.stop_loss=0.07</code>", name
     hydra_run = rows["20240102-030405-cluster-djia"]
     assert hydra_run[1:5] == ["2024-01-02 03:04:05", "ok", "cluster", "djia"]
     assert hydra_run[5] == "<code>strategy=cluster signals.sentiment=lexicon strategy.min_count=7</code>"
