@@ -560,7 +560,7 @@ def main(cfg: DictConfig) -> None:
               f"{metrics.get('sentiment_undecodable', 0)} undecodable"
               + (f"; scored in {metrics['sentiment_precision']} on {metrics.get('sentiment_device')}"
                  if metrics.get("sentiment_precision") else ""))
-    print(f"report: {run_dir / 'report.html'}")
+    print(f"report: {run_dir / 'report.html'}" if cfg.report.enabled else f"run folder: {run_dir} (report.enabled=false)")
     runs_root = project_path(cfg.paths.runs)
     if runs_root.is_dir():
         from reports.index import write_index

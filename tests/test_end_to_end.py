@@ -46,6 +46,9 @@ def test_cli_on_stocknet(shared_data, tmp_path):
                "report.enabled=false", tmp=tmp_path)
     assert done.returncode == 0, done.stderr
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir() and p.name != "cache"]
+    # No report was asked for: none is named, the run folder is.
+    assert "report:" not in done.stdout and f"run folder: {run_dir} (report.enabled=false)" in done.stdout
+    assert not (run_dir / "report.html").exists()
     signals = pd.read_parquet(run_dir / "signals.parquet")
     assert sorted(signals.index.get_level_values("ticker").unique()) == ["AAPL", "MSFT", "XOM"]
     # With several instruments the target weights of a session never add up to more than 1.
