@@ -111,6 +111,9 @@ def _securities(value: list[str]) -> list[str]:
         if source not in SECURITY_SOURCES and not source.lower().endswith(".csv"):
             raise ValueError(f"{source!r} is neither a built-in security master ({', '.join(SECURITY_SOURCES)}) nor "
                              f"the path of a securities.csv")
+        # Checked here, before any work, and whether or not linking is on (off, the file would go unread).
+        if source not in SECURITY_SOURCES and not Path(source).expanduser().is_file():
+            raise ValueError(f"{source!r}: file not found (relative to {Path.cwd()})")
     return value
 
 

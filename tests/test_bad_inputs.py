@@ -117,6 +117,9 @@ ROWS = [
                           "strategy.threshold=0,1", "strategy.window_sessions=1,2"],
         "hydra.launcher.heatmap: 'strategy.treshold' is not a parameter of this sweep "
         "(did you mean strategy.threshold?)"),
+    # A securities file that does not exist is named even when linking is off (it would go unread).
+    Row("securities_missing_linking_off", ["data.securities=[{folder}/nofile.csv]"],
+        "data.securities: '{folder}/nofile.csv': file not found (relative to " + str(Path.cwd()) + ")"),
     # A file error is found while the run works, after Hydra made the run folder: that folder goes again.
     Row("price_stamp_with_zone", ["data.prices.path={folder}/bad_prices.csv"], BAD_STAMP, cli=True),
     # The run folder existed, with the user's file in it: the file stays, and so does the folder.
