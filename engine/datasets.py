@@ -105,7 +105,9 @@ def load_dataset(data_cfg: Mapping, roots: Sequence[str | Path]) -> Dataset:
         keep &= dates <= end
     if not keep.any():
         span = f"{dates.min().date()} .. {dates.max().date()}" if len(dates) else "no bars"
-        raise ConfigError(f"data.start/data.end: no price bars between {_day(start)} and {_day(end)} (data has {span})")
+        window = (f"between {_day(start)} and {_day(end)}" if start is not None and end is not None
+                  else f"on or after {_day(start)}" if start is not None else f"on or before {_day(end)}")
+        raise ConfigError(f"data.start/data.end: no price bars {window} (data has {span})")
     prices = prices[keep].copy()
     prices["timestamp"] = session_instants(prices["timestamp"], timezone, session_open).as_unit("us")
 

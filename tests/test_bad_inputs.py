@@ -120,6 +120,9 @@ ROWS = [
     # A securities file that does not exist is named even when linking is off (it would go unread).
     Row("securities_missing_linking_off", ["data.securities=[{folder}/nofile.csv]"],
         "data.securities: '{folder}/nofile.csv': file not found (relative to " + str(Path.cwd()) + ")"),
+    # A window with no bar, one end open: no Python None in the line.
+    Row("end_before_every_bar", ["data.end=2018-06-29"],
+        "data.start/data.end: no price bars on or before 2018-06-29 (data has 2019-01-02 .. 2019-02-12)", cli=True),
     # A file error is found while the run works, after Hydra made the run folder: that folder goes again.
     Row("price_stamp_with_zone", ["data.prices.path={folder}/bad_prices.csv"], BAD_STAMP, cli=True),
     # The run folder existed, with the user's file in it: the file stays, and so does the folder.
