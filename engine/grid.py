@@ -222,9 +222,29 @@ WORKER_KEPT_FRAMES_BYTES = 256 << 20
 _WORKER_THREADS: list[int] = []
 
 
-def _init_worker(threads: int) -> None:
+def _end_with_parent(parent: int) -> None:
+    """Have the kernel stop this worker when the process that started it ends (Linux's PR_SET_PDEATHSIG), so no
+    worker outlives its sweep command, however that command ends: a worker waiting for tasks would otherwise wait
+    for ever. Elsewhere, or where prctl is unavailable, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the command ended before the line above took effect
+        os._exit(0)
+
+
+def _init_worker(threads: int, parent: int | None = None) -> None:
     from engine.cache import keep_in_memory
     from engine.run import leave_process
+
+    if parent is not None:
+        _end_with_parent(parent)
 
     # Registered first: once the pool has its last result and every later exit handler has run, the worker ends
     # without tearing down what it holds, which the sweep's command would wait for.
@@ -337,7 +357,8 @@ class LocalPool:
         threads = max(1, available_cores() // self.workers)
         if self.start_method == "fork":
             _import_engine()
-        self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker, initargs=(threads,),
+        self.pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_init_worker,
+                                        initargs=(threads, os.getpid()),
                                         mp_context=multiprocessing.get_context(self.start_method))
         # Start every worker now (a forking pool forks them all at its first task, before its own threads start):
         # spawned workers' imports overlap with composing the sweep's configs.

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -662,3 +663,36 @@ def test_forked_workers_print_what_spawned_ones_print(tmp_path):
     assert "forked workers" in outputs["auto"] and "spawned workers" in outputs["spawn"]
     for method, output in outputs.items():
         assert "walk-forward:" not in output, method  # the workers' INFO progress lines stay out of the output
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_no_worker_outlives_the_command_that_started_it(start_method):
+    # A command that ends without shutting its pool down (an abrupt exit): its workers, idle and waiting for
+    # tasks, must end too instead of waiting for ever.
+    script = (
+        "import os, sys\n"
+        "from engine.grid import LocalPool\n"
+        f"pool = LocalPool(2, {start_method!r}).__enter__()\n"
+        "[future.result() for future in [pool.pool.submit(os.getpid) for _ in range(4)]]\n"
+        "print(' '.join(map(str, pool.pool._processes)), flush=True)\n"
+        "os._exit(0)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 2
+
+    def alive(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in pids if alive(pid)]
+    for pid in left:  # the old behaviour: clean up before failing
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
