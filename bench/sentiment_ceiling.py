@@ -111,7 +111,7 @@ def _report(folders: list[Path], cards: dict[Path, dict], test: bool) -> int:
         for name in splits:
             logits = finetune.predict_logits(model, tokenizer, parts[name]["sentence"], length)
             log_p[name][folder] = torch.log_softmax(logits, -1).numpy()
-        states.setdefault(_group(cards[folder]), []).append((folder, {k: v.clone() for k, v in model.state_dict().items()}))
+        states.setdefault(_group(cards[folder]), []).append((folder, model.state_dict()))  # the model is not reused
     for name in splits:
         print(f"\n{name}:")
         for folder in folders:

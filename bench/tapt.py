@@ -11,6 +11,7 @@ fine-tuned model and its card). About 15 minutes of pretraining and 5 per seed o
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         mlm.base_model.save_pretrained(encoder)
         tokenizer.save_pretrained(encoder)
         (encoder / "tapt.json").write_text(json.dumps(
-            {"settings": SETTINGS.__dict__, "texts": len(texts), "history": history, "machine": finetune.machine(),
+            {"settings": dataclasses.asdict(SETTINGS), "texts": len(texts), "history": history, "machine": finetune.machine(),
              "seconds": round(time.perf_counter() - started, 1),
              "cpu_seconds": round(time.process_time() - cpu_started, 1)}, indent=1))
         finetune.finetune(args.out / "model", str(encoder), finetune.RECIPES["default"], "default",

@@ -108,11 +108,13 @@ def _feature_patterns(value: list[str]) -> list[str]:
 
 def _securities(value: list[str]) -> list[str]:
     for source in value:
-        if source not in SECURITY_SOURCES and not source.lower().endswith(".csv"):
+        if source in SECURITY_SOURCES:
+            continue
+        if not source.lower().endswith(".csv"):
             raise ValueError(f"{source!r} is neither a built-in security master ({', '.join(SECURITY_SOURCES)}) nor "
                              f"the path of a securities.csv")
         # Checked here, before any work, and whether or not linking is on (off, the file would go unread).
-        if source not in SECURITY_SOURCES and not Path(source).expanduser().is_file():
+        if not Path(source).expanduser().is_file():
             raise ValueError(f"{source!r}: file not found (relative to {Path.cwd()})")
     return value
 

@@ -104,8 +104,8 @@ def default_choices() -> dict[str, str]:
     """The option each config group takes by default (conf/config.yaml's defaults list and the nested ones, such
     as signals/sentiment), Hydra's own groups left out."""
     choices = _compose((), hydra_config=True).hydra.runtime.choices
-    return {group: str(option) for group, option in choices.items()
-            if group.split("/")[0] != "hydra" and option is not None}
+    groups = set(_groups())
+    return {group: str(option) for group, option in choices.items() if group in groups and option is not None}
 
 
 @functools.lru_cache(maxsize=64)
