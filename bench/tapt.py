@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from engine.errors import DataError, NewsbtError, OneLineParser
+from engine.cache import write_folder_atomic
+from engine.errors import ConfigError, DataError, NewsbtError, OneLineParser
 from signals import finetune
 from signals.pretrain import PretrainSettings, pretrain
 
@@ -37,17 +38,24 @@ def main(argv: list[str] | None = None) -> int:
         scored = set(parts["validation"]["sentence"]) | set(parts["test"]["sentence"])
         if scored & set(texts):
             raise DataError(f"{source / finetune.TRAIN_FILE}: a validation or test sentence is in the training split")
-        encoder = args.out / "encoder"
+        encoder, model = args.out / "encoder", args.out / "model"
+        # Checked before the pretraining's quarter of an hour: only folders this script wrote are replaced.
+        if encoder.exists() and not (encoder / "tapt.json").is_file():
+            raise ConfigError(f"{encoder}: exists and was not written by bench/tapt.py; choose another --out")
+        finetune.check_out_folder(model)
         started, cpu_started = time.perf_counter(), time.process_time()
         mlm, tokenizer, history = pretrain(None, texts, SETTINGS, print)
-        encoder.mkdir(parents=True, exist_ok=True)
-        mlm.base_model.save_pretrained(encoder)
-        tokenizer.save_pretrained(encoder)
-        (encoder / "tapt.json").write_text(json.dumps(
-            {"settings": dataclasses.asdict(SETTINGS), "texts": len(texts), "history": history, "machine": finetune.machine(),
-             "seconds": round(time.perf_counter() - started, 1),
-             "cpu_seconds": round(time.process_time() - cpu_started, 1)}, indent=1))
-        finetune.finetune(args.out / "model", str(encoder), finetune.RECIPES["default"], "default",
+        card = {"settings": dataclasses.asdict(SETTINGS), "texts": len(texts), "history": history,
+                "machine": finetune.machine(), "seconds": round(time.perf_counter() - started, 1),
+                "cpu_seconds": round(time.process_time() - cpu_started, 1)}
+
+        def fill(staging: Path) -> None:
+            mlm.base_model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            (staging / "tapt.json").write_text(json.dumps(card, indent=1))
+
+        write_folder_atomic(fill, encoder, lambda found: (found / "tapt.json").is_file())
+        finetune.finetune(model, str(encoder), finetune.RECIPES["default"], "default",
                           progress=False, seeds=args.seeds)
     except NewsbtError as error:
         print(f"newsbt: error: {error}", file=sys.stderr)

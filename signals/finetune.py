@@ -756,8 +756,7 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     >>> card = finetune("data/models/sentiment-minilm"); card["metrics"]["test"]["accuracy"]
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "model_card.json").is_file():
-        raise ConfigError(f"--out {out}: exists and is not a model folder written by signals.finetune")
+    check_out_folder(out)
     seeds = [int(seed) for seed in seeds] if seeds else [recipe.seed]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds: each seed once, got {','.join(map(str, seeds))}")
@@ -835,6 +834,13 @@ def finetune(out: str | os.PathLike, base: str | None = None, recipe: Recipe = R
     write_folder_atomic(fill, out, lambda folder: not any(folder.iterdir()) or (folder / "model_card.json").is_file())
     log(f"saved {out} (train {runs[0]['train_seconds']:.0f} s)")
     return card
+
+
+def check_out_folder(out: Path) -> None:
+    """ConfigError unless ``out`` is free for a model: absent, empty, or a model folder this module wrote (its
+    card): nothing a run did not create is replaced."""
+    if out.exists() and any(out.iterdir()) and not (out / "model_card.json").is_file():
+        raise ConfigError(f"--out {out}: exists and is not a model folder written by signals.finetune")
 
 
 def _train_and_score(source: str | None, recipe: Recipe, parts: dict[str, pd.DataFrame], all_agree: set[str],
